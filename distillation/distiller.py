@@ -1,0 +1,368 @@
+"""The Distiller: trains a student on a teacher's soft targets, whatever the objective.
+
+Reads top to bottom: __init__ builds the trained module, optimizer, schedule and mixed
+precision; `train` runs epochs of optimizer steps; `_step` is one optimizer step over
+`gradient_accumulation_steps` micro-batches; then evaluation, checkpoints and the final save.
+
+Features: any objective behind `objectives.base.Objective` (the Distiller never looks at its
+name); soft-target KL + hard-label loss + hidden MSE/cosine; length-grouped dynamic batches;
+gradient accumulation with every loss normalised by the global row/token count of the step;
+DDP under torchrun (`no_sync` while accumulating, teacher never wrapped); torch.amp bf16/fp16;
+a teacher-logit cache for deterministic inputs; exact mid-epoch resume; SIGTERM/SIGINT save
+a checkpoint; a non-finite loss on any rank stops every rank before the weights change.
+Limits: one teacher; the teacher must fit on each device next to the student.
+"""
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+
+import torch
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from distillation import checkpoint as ckpt
+from distillation.data.grouped_batch_sampler import epoch_batches
+from distillation.distributed import all_gather_objects, all_reduce_sum
+from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
+from distillation.losses import hidden_cosine, hidden_mse, soft_target_kl
+from distillation.models import forward_inputs, freeze_embeddings
+from distillation.run_log import RunLog, memory_mb
+from distillation.teacher_cache import TeacherCache
+
+# loss term -> (config weight, the count it is normalised by)
+TERMS = {"ce": ("alpha_ce", "rows"), "task": ("alpha_task", "task"), "mse": ("alpha_mse", "tokens"), "cos": ("alpha_cos", "tokens")}
+COUNTS = ("task", "rows", "tokens")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Distiller:
+    def __init__(self, cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env):
+        self.cfg, self.objective, self.env = cfg, objective, env
+        self.tokenizer, self.train_dataset, self.eval_dataset = tokenizer, train_dataset, eval_dataset
+        self.device = env.device
+        self.teacher = teacher.to(self.device) if teacher is not None else None
+        self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
+
+        # Hidden-state losses: which layers meet, and a projection when widths differ.
+        self.layer_pairs, projection = [], None
+        if cfg.uses_hidden_states:
+            self.layer_pairs = parse_layer_map(cfg.layer_map, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+            projection = build_projection(student.config, teacher.config, cfg.hidden_projection)
+        self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
+        freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
+        self.train_model = self.model
+        if env.is_distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.forward_model = torch.compile(self.train_model) if cfg.compile else self.train_model
+        self.student_inputs = forward_inputs(student)
+        self.teacher_inputs = forward_inputs(teacher) if teacher is not None else set()
+
+        # Schedule: an optimizer step is `gradient_accumulation_steps` micro-batches.
+        self.micro_per_epoch = len(self._batches(epoch=0))
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.gradient_accumulation_steps)
+        if cfg.max_steps:
+            self.total_steps = cfg.max_steps
+            self.n_epoch = math.ceil(cfg.max_steps / self.steps_per_epoch)
+        else:
+            self.total_steps, self.n_epoch = cfg.n_epoch * self.steps_per_epoch, cfg.n_epoch
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=cfg.learning_rate, betas=(0.9, 0.98), eps=cfg.adam_epsilon
+        )
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, math.ceil(cfg.warmup_prop * self.total_steps), self.total_steps
+        )
+        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        cache_ok = cfg.cache_teacher_logits and teacher is not None
+        self.train_cache = TeacherCache(len(train_dataset)) if cache_ok else None
+        # Eval inputs never change and the teacher is frozen: its eval logits are computed once.
+        self.eval_cache = TeacherCache(len(eval_dataset)) if eval_dataset is not None and objective.deterministic_inputs else None
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.stop_signal = None
+        self.log = None  # opened by open_log() once the run folder is ready
+        self.history = []  # (examples, tokens, seconds) per log interval, for the summary
+        self.last_eval = {}
+
+    # --- setup helpers ---------------------------------------------------------------------
+    def _param_groups(self):
+        """No weight decay on biases and norm weights (any 1-D tensor), in every family."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        return [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def _batches(self, epoch):
+        return epoch_batches(
+            self.train_dataset.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
+            self.cfg.group_by_size, True, self.env.rank, self.env.world_size,
+        )
+
+    # --- training ----------------------------------------------------------------------------
+    def open_log(self) -> None:
+        self.log = RunLog(self.cfg.dump_path, self.env.is_main)
+
+    def train(self) -> dict:
+        """Run to the end (or to a stop signal); returns the summary."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main, desc="distil", unit="step")
+        start, window = time.time(), _Window(self.terms)
+        try:
+            while self.epoch < self.n_epoch and self.step < self.total_steps:
+                batches = self._batches(self.epoch)[self.batch_in_epoch :]
+                loader = DataLoader(
+                    self.train_dataset, batch_sampler=batches, collate_fn=self.objective.collate,
+                    num_workers=self.cfg.num_workers, generator=torch.Generator(),
+                )
+                micro_batches = iter(loader)
+                for first in range(0, len(batches), self.cfg.gradient_accumulation_steps):
+                    group = [next(micro_batches) for _ in batches[first : first + self.cfg.gradient_accumulation_steps]]
+                    window.add(self._step(group))
+                    self.step += 1
+                    self.batch_in_epoch += len(group)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{window.last_loss:.4f}", ex_s=f"{window.examples_per_s():.1f}")
+                    if self.step % self.cfg.log_interval == 0:
+                        self._log_train(window)
+                    if self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0:
+                        self.evaluate()
+                    if self.stop_signal is not None:
+                        self._save_checkpoint()
+                        return self._finish(start, interrupted=True)
+                    if self.step % self.cfg.checkpoint_interval == 0:
+                        self._save_checkpoint()
+                    if self.step >= self.total_steps:
+                        break
+                if self.batch_in_epoch >= self.micro_per_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self._log_train(window)
+                if self.eval_dataset is not None:
+                    self.evaluate()
+                self._save_checkpoint()
+        finally:
+            bar.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self._finish(start, interrupted=False)
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum  # acted on at the end of the current step, on every rank
+
+    def _step(self, group) -> dict:
+        """One optimizer step over the micro-batches of `group`. Returns the step's loss terms."""
+        group = [self.objective.prepare_batch(_to(b, self.device)) for b in group]
+        counts = [self.objective.counts(b) for b in group]
+        counts = torch.stack([torch.stack([c[k].to(self.device).float() for k in COUNTS]) for c in counts]).sum(0)
+        counts = all_reduce_sum(counts, self.env).clamp(min=1)
+        norm = dict(zip(COUNTS, counts))
+        sums = torch.zeros(len(self.terms), device=self.device)
+        self.model.train()
+        for i, batch in enumerate(group):
+            sync = i == len(group) - 1 or not self.env.is_distributed
+            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                terms = self._loss_terms(batch)
+                loss = sum(getattr(self.cfg, TERMS[t][0]) * terms[t] / norm[TERMS[t][1]] for t in self.terms)
+                self.scaler.scale(loss * self.env.world_size).backward()  # DDP averages grads over ranks
+            sums += torch.stack([terms[t].detach() for t in self.terms])
+        # One collective: the step's loss terms, its size, a non-finite flag and stop requests.
+        local = [sum(b["input_ids"].shape[0] for b in group), sum(int(b["attention_mask"].sum()) for b in group),
+                 float(not torch.isfinite(sums).all()), float(self.stop_signal is not None)]
+        reduced = all_reduce_sum(torch.cat([sums, torch.tensor(local, device=self.device, dtype=sums.dtype)]), self.env)
+        if reduced[-2] > 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}); the weights of that step were not "
+                f"applied and the last good checkpoint is in {ckpt.checkpoint_file(self.cfg.dump_path)}. "
+                "Try a lower --learning_rate or --precision bf16/fp32"
+            )
+        if reduced[-1] > 0 and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM  # another rank was told to stop: stop together
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        values = {t: (reduced[i] / norm[TERMS[t][1]]).item() for i, t in enumerate(self.terms)}
+        values["loss"] = sum(getattr(self.cfg, TERMS[t][0]) * values[t] for t in self.terms)
+        values["examples"], values["tokens"], values["lr"] = reduced[-4].item(), reduced[-3].item(), lr
+        return values
+
+    def _loss_terms(self, batch) -> dict:
+        """Loss sums of one micro-batch (not yet normalised)."""
+        with_hidden = bool(self.layer_pairs)
+        with self.autocast():
+            s_logits, s_hidden = self.forward_model(_select(self.objective.model_inputs(batch), self.student_inputs), with_hidden)
+            t_logits, t_hidden = self._teacher(batch, with_hidden, self.train_cache)
+        terms = {}
+        if "task" in self.terms:
+            terms["task"] = self.objective.task_loss(s_logits, batch)
+        if "ce" in self.terms:
+            terms["ce"] = soft_target_kl(*self.objective.distill_rows(s_logits, t_logits, batch), self.cfg.temperature)
+        if with_hidden:
+            mask = self.objective.hidden_mask(batch)
+            pairs = [(s_hidden[i], t_hidden[t]) for i, (_, t) in enumerate(self.layer_pairs)]
+            # Averaged over layer pairs so the weight does not grow with the number of layers.
+            for name, fn in (("mse", hidden_mse), ("cos", hidden_cosine)):
+                if name in self.terms:
+                    terms[name] = sum(fn(s, t, mask) for s, t in pairs) / len(pairs)
+        return terms
+
+    @torch.no_grad()
+    def _teacher(self, batch, with_hidden, cache):
+        """Teacher logits (and hidden states of all its layers), from `cache` when it has them."""
+        if self.teacher is None:
+            return None, None
+        if cache is not None and not with_hidden:
+            cached = cache.get(batch["index"])
+            if cached is not None:
+                return cached, None
+        out = self.teacher(**_select(self.objective.model_inputs(batch), self.teacher_inputs), output_hidden_states=with_hidden)
+        if cache is not None:
+            cache.put(batch["index"], out.logits)
+        return out.logits, (out.hidden_states[1:] if with_hidden else None)
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Metrics of the student (and the teacher) on --eval_file, gathered over ranks."""
+        if self.eval_dataset is None:
+            return {}
+        self.model.eval()
+        size = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
+        order = sorted(range(len(self.eval_dataset)), key=self.eval_dataset.lengths.__getitem__)  # less padding
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = batches[self.env.rank :: self.env.world_size]  # disjoint shards: nothing counted twice
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)  # same eval inputs every time
+        loader = DataLoader(self.eval_dataset, batch_sampler=batches, collate_fn=self.objective.collate)
+        stats = {}
+        for batch in loader:
+            batch = self.objective.prepare_batch(_to(batch, self.device), generator)
+            with self.autocast():
+                s_logits = self.model.student(**_select(self.objective.model_inputs(batch), self.student_inputs)).logits
+                t_logits, _ = self._teacher(batch, False, self.eval_cache)
+            for k, v in self.objective.eval_batch(s_logits.float(), None if t_logits is None else t_logits.float(), batch).items():
+                stats.setdefault(k, []).append(v)
+        local = {k: torch.cat(v) for k, v in stats.items()}
+        gathered = all_gather_objects(local, self.env)
+        merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in local}
+        self.last_eval = {f"eval_{k}": v for k, v in self.objective.eval_metrics(merged).items()}
+        self.log.write({"step": self.step, "epoch": self.epoch, **self.last_eval}, "eval")
+        self.model.train()
+        return self.last_eval
+
+    # --- logging, checkpoints, final save ----------------------------------------------------
+    def _log_train(self, window):
+        record = window.flush()
+        if record is None:
+            return
+        self.history.append((record["examples"], record["tokens"], record["seconds"]))
+        record = {
+            "step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(1, self.micro_per_epoch),
+            "loss": record["loss"],
+            **{f"loss_{self.objective.task_loss_name if t == 'task' else t}": record[t] for t in self.terms},
+            "lr": record["lr"],
+            "examples_per_s": record["examples"] / record["seconds"],
+            "tokens_per_s": record["tokens"] / record["seconds"],
+            "memory_mb": memory_mb(self.device),
+        }
+        self.log.write(record, "train")
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "fingerprint": ckpt.fingerprint(self.objective.name, self.model),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = (state["progress"][k] for k in ("step", "epoch", "batch_in_epoch"))
+        ckpt.set_rng_state(state["rng"][self.env.rank])
+
+    def _save_checkpoint(self):
+        rng = all_gather_objects(ckpt.rng_state(), self.env)  # every rank's generators
+        if self.env.is_main:
+            ckpt.save_checkpoint(ckpt.checkpoint_file(self.cfg.dump_path), {**self.state_dict(), "rng": rng})
+
+    def _finish(self, start, interrupted) -> dict:
+        examples, tokens, seconds = (sum(h[i] for h in self.history) for i in range(3))
+        summary = {
+            "step": self.step, "epoch": self.epoch, "interrupted": interrupted,
+            "wall_time_s": time.time() - start,
+            "examples_per_s": examples / seconds if seconds else None,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "student_parameters": sum(p.numel() for p in self.model.student.parameters()),
+            "teacher_parameters": sum(p.numel() for p in self.teacher.parameters()) if self.teacher is not None else None,
+            **self.last_eval,
+        }
+        if self.env.is_main:
+            if not interrupted:
+                self.save_final(os.path.join(self.cfg.dump_path, "final"))
+            with open(os.path.join(self.cfg.dump_path, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+        self.log.close()
+        return summary
+
+    def save_final(self, folder):
+        """The student as a `from_pretrained` folder with its tokenizer; the projection beside it."""
+        self.model.student.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        if self.model.projection is not None:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.projection.state_dict().items()}
+            save_file(state, os.path.join(folder, "projection.safetensors"))
+
+
+class _Window:
+    """Loss terms and throughput accumulated since the last metrics line."""
+
+    def __init__(self, terms):
+        self.terms, self.last_loss = terms, float("nan")
+        self._reset()
+
+    def _reset(self):
+        self.sums, self.steps, self.start = {}, 0, time.time()
+
+    def add(self, values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.last_loss = values["loss"]
+
+    def examples_per_s(self):
+        return self.sums.get("examples", 0) / max(time.time() - self.start, 1e-9)
+
+    def flush(self):
+        if not self.steps:
+            return None
+        record = {k: v / self.steps for k, v in self.sums.items() if k not in ("examples", "tokens")}
+        record.update(examples=self.sums["examples"], tokens=self.sums["tokens"], seconds=time.time() - self.start)
+        self._reset()
+        return record
+
+
+def _to(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _select(inputs, accepted):
+    return {k: v for k, v in inputs.items() if k in accepted}

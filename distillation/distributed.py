@@ -1,0 +1,83 @@
+"""torchrun's environment, the process group, and the few collectives the Distiller uses.
+
+One code path for 1 and N processes: without torchrun the world has size 1 and every
+collective is a no-op. nccl on CUDA, gloo on CPU; a timeout bounds how long a rank waits
+for a dead peer (torchrun also tears the others down when one rank exits non-zero).
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(timeout_minutes: float = 30.0) -> DistEnv:
+    """Read RANK/LOCAL_RANK/WORLD_SIZE (set by torchrun) and join the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(minutes=timeout_minutes),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum over ranks, in place (no-op on one process)."""
+    if env.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj, env: DistEnv) -> list:
+    """Every rank's `obj`, in rank order (a one-element list on one process)."""
+    if not env.is_distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, env: DistEnv):
+    """Rank 0's `obj` on every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()

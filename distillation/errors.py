@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+Raised anywhere before training starts; the CLIs turn it into a single line on stderr and
+exit code 2, and nothing has been written by then.
+"""
+
+
+class InputError(Exception):
+    """Bad input: a flag, a file or a model that cannot work. The message names which."""

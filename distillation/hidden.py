@@ -1,0 +1,72 @@
+"""Hidden-state matching: the layer map, the student->teacher projection, and the module
+that training (and DDP) wraps: the student plus that projection.
+
+The projection exists only to compare hidden states of different widths; it is trained with
+the student but saved beside it (final/projection.safetensors), never inside it, so the
+student folder stays a plain `from_pretrained` model.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from distillation.errors import InputError
+
+LayerPairs = List[Tuple[int, int]]
+
+
+def default_layer_map(n_student: int, n_teacher: int) -> LayerPairs:
+    """Student layer i <-> evenly spaced teacher layer, last <-> last (0-based layer outputs)."""
+    return [(i, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
+
+
+def parse_layer_map(text: Optional[str], n_student: int, n_teacher: int) -> LayerPairs:
+    """`0:1,1:3,2:5` -> [(0, 1), (1, 3), (2, 5)]; None -> the default map."""
+    if not text:
+        return default_layer_map(n_student, n_teacher)
+    pairs = []
+    for item in text.split(","):
+        try:
+            s, t = (int(x) for x in item.split(":"))
+        except ValueError:
+            raise InputError(f"--layer_map: '{item}' is not student:teacher (e.g. 0:1,1:3,2:5)") from None
+        if not (0 <= s < n_student and 0 <= t < n_teacher):
+            raise InputError(
+                f"--layer_map: pair {s}:{t} is out of range (student layers 0-{n_student - 1}, teacher layers 0-{n_teacher - 1})"
+            )
+        pairs.append((s, t))
+    return pairs
+
+
+def build_projection(student_config, teacher_config, enabled: bool) -> Optional[nn.Linear]:
+    """A Linear(student width -> teacher width) when the widths differ, else None."""
+    hs, ht = student_config.hidden_size, teacher_config.hidden_size
+    if hs == ht:
+        return None
+    if not enabled:
+        raise InputError(
+            f"--alpha_mse/--alpha_cos: student hidden size {hs} differs from the teacher's {ht} "
+            "and --no-hidden_projection is set; enable --hidden_projection or set both alphas to 0"
+        )
+    return nn.Linear(hs, ht)
+
+
+class StudentWithProjection(nn.Module):
+    """What the optimizer trains and DDP wraps. forward -> (logits, [hidden states of the mapped
+    student layers, projected], or None when hidden states are not asked for)."""
+
+    def __init__(self, student: nn.Module, projection: Optional[nn.Linear], student_layers: List[int]):
+        super().__init__()
+        self.student = student
+        self.projection = projection
+        self.student_layers = student_layers
+
+    def forward(self, inputs: dict, with_hidden: bool = False):
+        out = self.student(**inputs, output_hidden_states=with_hidden)
+        if not with_hidden:
+            return out.logits, None
+        hidden = [out.hidden_states[i + 1] for i in self.student_layers]
+        if self.projection is not None:
+            hidden = [self.projection(h) for h in hidden]
+        return out.logits, hidden

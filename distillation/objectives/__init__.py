@@ -1,0 +1,15 @@
+"""Objective registry: adding an objective is one file here and one line below."""
+
+from distillation.errors import InputError
+from distillation.objectives.base import Objective
+from distillation.objectives.classification import SequenceClassification
+
+OBJECTIVES = {
+    SequenceClassification.name: SequenceClassification,
+}
+
+
+def build_objective(cfg, tokenizer) -> Objective:
+    if cfg.objective not in OBJECTIVES:
+        raise InputError(f"--objective: '{cfg.objective}' is not available (have: {', '.join(sorted(OBJECTIVES))})")
+    return OBJECTIVES[cfg.objective](cfg, tokenizer)

@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="distillation",
+    version="0.1.0",
+    description="Distil a Hugging Face Transformer teacher into a smaller student "
+    "(DistilBERT-style MLM/CLM pretraining and task heads).",
+    packages=find_packages(include=["distillation", "distillation.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch", "transformers>=4.40", "tensorboard", "numpy", "tqdm", "safetensors"],
+    extras_require={
+        "dev": ["pytest"],
+        "datasets": ["datasets"],
+        "gguf": ["gguf", "accelerate"],
+    },
+)

@@ -1,0 +1,105 @@
+"""Tiny models and data built in the test session: nothing is downloaded.
+
+The vocabulary is a handful of words; the "sentiment" of an example is which cue words it
+holds, so a tiny model can learn it in a few steps.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "scripts", "train.py")
+
+WORDS = "good great fine fun love bad awful boring hate dull the a is was movie film plot actor it this".split()
+POSITIVE, NEGATIVE = ["good", "great", "fun", "love"], ["bad", "awful", "boring", "hate"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+
+
+def tiny_bert_config(layers=2, hidden=32, dropout=0.0, num_labels=2, vocab_size=len(VOCAB), **kw):
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **kw,
+    )
+
+
+def make_tokenizer(folder):
+    os.makedirs(folder, exist_ok=True)
+    vocab_file = os.path.join(folder, "vocab.txt")
+    with open(vocab_file, "w") as f:
+        f.write("\n".join(VOCAB) + "\n")
+    return BertTokenizerFast(vocab_file=vocab_file)
+
+
+def make_examples(n, seed, names=("0", "1")):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.choices(WORDS[10:], k=rng.randint(2, 14)) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": int(names[label]) if names == ("0", "1") else names[label]})
+    return out
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def save_model(model, tokenizer, folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    """Folders of a 4-layer BERT teacher (lightly trained), a 2-layer BERT student, data."""
+    import torch
+
+    root = tmp_path_factory.mktemp("assets")
+    tok = make_tokenizer(str(root / "tok"))
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(layers=4))
+    student = BertForSequenceClassification(tiny_bert_config(layers=2))
+    student_dropout = BertForSequenceClassification(tiny_bert_config(layers=2, dropout=0.1))
+    paths = {
+        "tokenizer": str(root / "tok"),
+        "teacher": save_model(teacher, tok, str(root / "teacher")),
+        "student": save_model(student, tok, str(root / "student")),
+        "student_dropout": save_model(student_dropout, tok, str(root / "student_dropout")),
+        "train": write_jsonl(str(root / "train.jsonl"), make_examples(96, seed=1)),
+        "test": write_jsonl(str(root / "test.jsonl"), make_examples(40, seed=2)),
+        "root": str(root),
+    }
+    return paths
+
+
+def train_args(assets, dump_path, *extra):
+    return [
+        "--objective", "sequence_classification", "--teacher_name", assets["teacher"],
+        "--student_name", assets["student"], "--data_file", assets["train"], "--eval_file", assets["test"],
+        "--dump_path", str(dump_path), "--n_epoch", "1", "--batch_size", "16", "--learning_rate", "1e-3",
+        *map(str, extra),
+    ]
+
+
+def run_train(args, timeout=300, launcher=None):
+    """Run scripts/train.py (or torchrun) in a subprocess; returns CompletedProcess."""
+    cmd = (launcher or [sys.executable]) + [TRAIN] + list(args)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def read_metrics(dump_path):
+    with open(os.path.join(dump_path, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
