@@ -1,10 +1,11 @@
 """What every script shares: bad input is one line on stderr and exit code 2."""
 
+import argparse
 import sys
 
 import transformers
 
-from distillation.errors import InputError
+from distillation.errors import InputError, TrainingStopped
 
 
 def main_guard(main, *args) -> int:
@@ -18,3 +19,13 @@ def main_guard(main, *args) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as an InputError (one line, exit 2), not a usage dump."""
+
+    def error(self, message):
+        raise InputError(message.removeprefix("argument "))

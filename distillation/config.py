@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
+from distillation.cli import ArgumentParser
 from distillation.errors import InputError
 
 OBJECTIVE_NAMES = ("mlm", "clm", "sequence_classification")
@@ -92,11 +93,7 @@ class DistillConfig:
     @classmethod
     def from_cli(cls, argv: Optional[List[str]] = None) -> "DistillConfig":
         """Parse `argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
-        parser = _build_parser()
-        try:
-            args = parser.parse_args(argv)
-        except _ParseError as err:
-            raise InputError(str(err)) from None
+        args = _build_parser().parse_args(argv)
         values = {}
         if args.config:
             values.update(_read_json(args.config, "--config"))
@@ -188,17 +185,8 @@ class DistillConfig:
 
 
 # --- parser ----------------------------------------------------------------------------------
-class _ParseError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 by the caller; argparse would print usage
-        raise _ParseError(message.removeprefix("argument "))
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", help="JSON file of options; flags given here override it.")
     for f in fields(DistillConfig):
         kw = {"help": f.metadata["help"], "default": None}

@@ -30,6 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from distillation import checkpoint as ckpt
 from distillation.data.grouped_batch_sampler import epoch_batches
 from distillation.distributed import all_gather_objects, all_reduce_sum
+from distillation.errors import TrainingStopped
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
 from distillation.losses import hidden_cosine, hidden_mse, soft_target_kl
 from distillation.models import forward_inputs, freeze_embeddings
@@ -39,10 +40,6 @@ from distillation.teacher_cache import TeacherCache
 # loss term -> (config weight, the count it is normalised by)
 TERMS = {"ce": ("alpha_ce", "rows"), "task": ("alpha_task", "task"), "mse": ("alpha_mse", "tokens"), "cos": ("alpha_cos", "tokens")}
 COUNTS = ("task", "rows", "tokens")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 class Distiller:
@@ -182,8 +179,8 @@ class Distiller:
                  float(not torch.isfinite(sums).all()), float(self.stop_signal is not None)]
         reduced = all_reduce_sum(torch.cat([sums, torch.tensor(local, device=self.device, dtype=sums.dtype)]), self.env)
         if reduced[-2] > 0:
-            raise NonFiniteLoss(
-                f"non-finite loss at step {self.step + 1} (epoch {self.epoch}); the weights of that step were not "
+            raise TrainingStopped(
+                f"rank {self.env.rank}: non-finite loss at step {self.step + 1} (epoch {self.epoch}); the weights of that step were not "
                 f"applied and the last good checkpoint is in {ckpt.checkpoint_file(self.cfg.dump_path)}. "
                 "Try a lower --learning_rate or --precision bf16/fp32"
             )

@@ -7,3 +7,7 @@ exit code 2, and nothing has been written by then.
 
 class InputError(Exception):
     """Bad input: a flag, a file or a model that cannot work. The message names which."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss on some rank); the last checkpoint is kept."""

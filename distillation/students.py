@@ -69,10 +69,9 @@ def default_layers(n_teacher: int, n_student: int) -> list:
 def parse_layers(text: str) -> list:
     """`"0,2,4"` → `[0, 2, 4]`; anything else is an InputError naming `--layers`."""
     try:
-        layers = [int(part) for part in text.split(",")]
+        return [int(part) for part in text.split(",")]
     except ValueError:
         raise InputError(f"--layers: expected comma-separated layer indices like 0,2,4, got '{text}'") from None
-    return layers
 
 
 def check_layers(layers, n_teacher: int) -> list:
@@ -188,11 +187,12 @@ def bert_to_distilbert(bert, layers=None, vocab_transform: bool = True) -> Disti
     for new, old in enumerate(layers):
         for src, dst in _BERT_TO_DISTILBERT_LAYER.items():
             mapping[f"encoder.layer.{old}.{src}"] = f"distilbert.transformer.layer.{new}.{dst}"
-    target = {}
-    for src, dst in mapping.items():
-        for kind in ("weight", "bias"):
-            if f"{prefix}{src}.{kind}" in source:
-                target[f"{dst}.{kind}"] = source[f"{prefix}{src}.{kind}"]
+    target = {
+        f"{dst}.{kind}": source[f"{prefix}{src}.{kind}"]
+        for src, dst in mapping.items()
+        for kind in ("weight", "bias")
+        if f"{prefix}{src}.{kind}" in source  # embeddings have no bias
+    }
     if "cls.predictions.bias" in source:
         target["vocab_projector.weight"] = source["cls.predictions.decoder.weight"]
         target["vocab_projector.bias"] = source["cls.predictions.bias"]

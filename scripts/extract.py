@@ -13,8 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distillation.cli import main_guard  # noqa: E402
-from distillation.errors import InputError  # noqa: E402
+from distillation.cli import ArgumentParser, main_guard  # noqa: E402
 from distillation.students import (  # noqa: E402
     check_dump_path,
     check_layers,
@@ -27,13 +26,8 @@ from distillation.students import (  # noqa: E402
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2 through main_guard, not argparse's usage dump
-        raise InputError(message)
-
-
 def main(argv=None):
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="Hub name or folder of the teacher.")
     parser.add_argument("--layers", help="Teacher layers to keep, e.g. 0,2,4 (default: half of them, "
                         "evenly spread, first and last kept).")

@@ -14,8 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distillation.cli import main_guard  # noqa: E402
-from distillation.errors import InputError  # noqa: E402
+from distillation.cli import ArgumentParser, main_guard  # noqa: E402
 from distillation.students import (  # noqa: E402
     bert_to_distilbert,
     check_dump_path,
@@ -27,13 +26,8 @@ from distillation.students import (  # noqa: E402
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2 through main_guard, not argparse's usage dump
-        raise InputError(message)
-
-
 def main(argv=None):
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="Hub name or folder of a BERT (ideally with its MLM head).")
     parser.add_argument("--layers", help="Teacher layers to keep (default: 0,2,4,7,9,11 for a 12-layer BERT; "
                         "half of them, evenly spread, first and last kept, for others).")
@@ -49,7 +43,8 @@ def main(argv=None):
     teacher = load_teacher(args.teacher, config)
     student = bert_to_distilbert(teacher, layers, vocab_transform=args.vocab_transform)
     save_student(student, args.dump_path, args.teacher)
-    print(f"DistilBERT with {student.config.n_layers} layers, {student.num_parameters():,} parameters -> {args.dump_path}")
+    n_params = student.num_parameters()
+    print(f"DistilBERT with {student.config.n_layers} layers, {n_params:,} parameters -> {args.dump_path}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def assets(tmp_path_factory):
         "teacher": save_model(teacher, tok, str(root / "teacher")),
         "student": save_model(student, tok, str(root / "student")),
         "student_dropout": save_model(student_dropout, tok, str(root / "student_dropout")),
+        "student_narrow": save_model(BertForSequenceClassification(tiny_bert_config(layers=2, hidden=16)), tok, str(root / "narrow")),
         "train": write_jsonl(str(root / "train.jsonl"), make_examples(96, seed=1)),
         "test": write_jsonl(str(root / "test.jsonl"), make_examples(40, seed=2)),
         "root": str(root),
@@ -100,6 +101,51 @@ def run_train(args, timeout=300, launcher=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+def train_in_process(argv):
+    """scripts/train.py's exit code for `argv`, run in this process (no interpreter start-up)."""
+    import importlib.util
+
+    from distillation.cli import main_guard
+
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return main_guard(module.main, [str(a) for a in argv])
+
+
 def read_metrics(dump_path):
     with open(os.path.join(dump_path, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def build_distiller(assets, dump, **overrides):
+    """A Distiller in this process (no run folder written), for tests of single steps."""
+    from distillation.config import DistillConfig
+    from distillation.distiller import Distiller
+    from distillation.distributed import DistEnv
+    from distillation.models import load_student, load_teacher, load_tokenizer
+    from distillation.objectives import build_objective
+
+    values = {"objective": "sequence_classification", "teacher_name": assets["teacher"], "student_name": assets["student"],
+              "data_file": assets["train"], "dump_path": str(dump), "group_by_size": False, "alpha_ce": 0.7,
+              "alpha_task": 0.3, "max_grad_norm": 1e9, "n_epoch": 1, **overrides}
+    cfg = DistillConfig.from_dict(values)
+    tokenizer = load_tokenizer(cfg)
+    objective = build_objective(cfg, tokenizer)
+    data = objective.load_dataset(cfg.data_file, "--data_file")
+    teacher, student = load_teacher(cfg, objective), load_student(cfg, objective, data)
+    return Distiller(cfg, objective, student, teacher, tokenizer, data, None, DistEnv()), data, tokenizer
+
+
+def first_step_grads(distiller):
+    """Run the first optimizer step; return the gradients it applied (captured just before)."""
+    captured, step = {}, distiller.scaler.step
+
+    def spy(optimizer):
+        captured.update({n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None})
+        return step(optimizer)
+
+    distiller.scaler.step = spy
+    batches = distiller._batches(0)[: distiller.cfg.gradient_accumulation_steps]
+    distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
+    return captured

@@ -1,24 +1,18 @@
 """Bad input: one line naming the flag or file, exit code 2, nothing written or overwritten."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 from transformers import BertForSequenceClassification
 
-from conftest import TRAIN, make_examples, run_train, save_model, tiny_bert_config, train_args, write_jsonl
-from distillation.cli import main_guard
-
-_spec = importlib.util.spec_from_file_location("train_script", TRAIN)
-train_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_script)
+from conftest import make_examples, run_train, save_model, tiny_bert_config, train_args, train_in_process, write_jsonl
 
 
 def _fails(argv, capsys, expect):
     """Run train.py's main in-process; assert exit 2, one stderr line that mentions `expect`."""
     capsys.readouterr()
-    code = main_guard(train_script.main, argv)
+    code = train_in_process(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: "), err

@@ -2,6 +2,7 @@
 and the two extraction scripts. Tiny models built from configs; no downloads."""
 
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 import transformers
 from torch import nn
 
+from distillation.cli import main_guard
 from distillation.errors import InputError
 from distillation.students import (
     bert_to_distilbert,
@@ -88,6 +90,21 @@ def test_extract_matches_hand_truncated_teacher(family):
     out_emb = student.get_output_embeddings()
     if out_emb is not None and student.config.tie_word_embeddings:
         assert out_emb.weight is student.get_input_embeddings().weight
+
+
+def test_per_layer_config_and_gpt2_inverse_layer_scale_survive_save(tmp_path):
+    llama = _tiny("llama")
+    llama.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    assert extract_student(llama, [1, 2]).config.layer_types == ["sliding_attention", "full_attention"]
+
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, scale_attn_by_inverse_layer_idx=True))
+    student = extract_student(gpt2, [1, 3]).eval()
+    student.save_pretrained(tmp_path)
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(**_inputs()).logits, reloaded(**_inputs()).logits, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -179,7 +196,18 @@ def _script(name, *args):
                           capture_output=True, text=True, cwd=REPO)
 
 
+def _in_process(capsys, name, *args):
+    """A script's exit code and stderr without a new interpreter (each costs seconds)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = main_guard(module.main, list(args))
+    return code, capsys.readouterr().err
+
+
 def test_extract_script_roundtrip(tmp_path):
+    # In a fresh interpreter, as users run it; the error cases below run in-process for speed.
     teacher = _tiny("bert_cls").eval()
     _save_teacher_with_tokenizer(teacher, tmp_path / "teacher")
     out = tmp_path / "student"
@@ -193,29 +221,42 @@ def test_extract_script_roundtrip(tmp_path):
         expected = _truncated_by_hand(teacher, PATHS["bert_cls"], [0, 2, 4])(**batch).logits
         torch.testing.assert_close(student(**batch).logits, expected, atol=1e-5, rtol=0)
 
-    # An existing folder needs --force; bad input is one line, exit 2, nothing written.
-    proc = _script("extract.py", "--teacher", str(tmp_path / "teacher"), "--dump_path", str(out))
-    assert proc.returncode == 2 and "--force" in proc.stderr
-    assert _script("extract.py", "--teacher", str(tmp_path / "teacher"), "--dump_path", str(out), "--force").returncode == 0
-    for args in (["--layers", "0,9"], ["--layers", "x"], []):
-        bad = tmp_path / "bad"
-        teacher_arg = ["--teacher", str(tmp_path / "teacher")] if args else ["--teacher", str(tmp_path / "nowhere")]
-        proc = _script("extract.py", *teacher_arg, *args, "--dump_path", str(bad))
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert not bad.exists()
-
-
-def test_extract_script_refuses_unsupported_model(tmp_path):
-    transformers.BartForConditionalGeneration(transformers.BartConfig(
-        vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)).save_pretrained(tmp_path / "bart")
-    proc = _script("extract.py", "--teacher", str(tmp_path / "bart"), "--dump_path", str(tmp_path / "out"))
-    assert proc.returncode == 2 and "'bart'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "0,9"], "--layers: layer 9 is out of range; the teacher has layers 0-4"),
+    (["--layers", "x"], "--layers"),
+    (["--layers", "2,1"], "--layers"),
+    (["--layers"], "--layers"),
+    (["--bogus", "1"], "--bogus"),
+    (["--teacher", "/nonexistent/teacher"], "--teacher"),
+])
+def test_extract_script_bad_input(tmp_path, capsys, args, message):
+    _tiny("gpt2").save_pretrained(tmp_path / "teacher")
+    argv = ["--teacher", str(tmp_path / "teacher"), "--dump_path", str(tmp_path / "out")]
+    code, err = _in_process(capsys, "extract.py", *argv, *args)
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
 
 
-def test_extract_distilbert_script(tmp_path):
+def test_extract_script_dump_path_and_unsupported_model(tmp_path, capsys):
+    _tiny("gpt2").save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, err = _in_process(capsys, "extract.py", "--teacher", str(tmp_path / "gpt2"), "--dump_path", str(out))
+    assert code == 2 and "--force" in err
+    code, _ = _in_process(capsys, "extract.py", "--teacher", str(tmp_path / "gpt2"), "--dump_path", str(out), "--force")
+    assert code == 0 and transformers.AutoConfig.from_pretrained(out).n_layer == 2  # 5 // 2 layers: 0 and 4
+
+    transformers.BartForConditionalGeneration(transformers.BartConfig(
+        vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)).save_pretrained(tmp_path / "bart")
+    code, err = _in_process(capsys, "extract.py", "--teacher", str(tmp_path / "bart"),
+                            "--dump_path", str(tmp_path / "b"))
+    assert code == 2 and "--teacher" in err and "'bart'" in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_extract_distilbert_script(tmp_path, capsys):
     bert = _bert_mlm_without_token_types()
     _save_teacher_with_tokenizer(bert, tmp_path / "bert")
     out = tmp_path / "distil"
@@ -228,7 +269,12 @@ def test_extract_distilbert_script(tmp_path):
     assert "token_type_ids" not in batch  # DistilBERT's forward takes none
     with torch.no_grad():
         torch.testing.assert_close(student(**batch).logits, bert(**batch).logits, atol=1e-4, rtol=0)
-    proc = _script("extract_distilbert.py", "--teacher", str(tmp_path / "bert"), "--layers", "0,7",
-                   "--dump_path", str(tmp_path / "bad"))
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --layers")
+
+    code, err = _in_process(capsys, "extract_distilbert.py", "--teacher", str(tmp_path / "bert"), "--layers", "0,7",
+                            "--dump_path", str(tmp_path / "bad"))
+    assert code == 2 and err.startswith("error: --layers")
+    _tiny("gpt2").save_pretrained(tmp_path / "gpt2")
+    code, err = _in_process(capsys, "extract_distilbert.py", "--teacher", str(tmp_path / "gpt2"),
+                            "--dump_path", str(tmp_path / "bad"))
+    assert code == 2 and "'gpt2'" in err
     assert not (tmp_path / "bad").exists()
