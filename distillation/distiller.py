@@ -203,7 +203,9 @@ class Distiller:
         with_hidden = bool(self.layer_pairs)
         with self.autocast():
             s_logits, s_hidden = self.forward_model(_select(self.objective.model_inputs(batch), self.student_inputs), with_hidden)
-            t_logits, t_hidden = self._teacher(batch, with_hidden, self.train_cache)
+            # A teacher given for comparison only (alpha_ce = 0, no hidden loss) is never run.
+            needs_teacher = "ce" in self.terms or with_hidden
+            t_logits, t_hidden = self._teacher(batch, with_hidden, self.train_cache) if needs_teacher else (None, None)
         terms = {}
         if "task" in self.terms:
             terms["task"] = self.objective.task_loss(s_logits, batch)

@@ -11,8 +11,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+# Tiny models: one thread each avoids OpenMP spin-waiting when subprocesses share 2 cores.
+torch.set_num_threads(1)
+SUBPROCESS_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
 
@@ -34,7 +38,7 @@ def make_tokenizer(folder):
     vocab_file = os.path.join(folder, "vocab.txt")
     with open(vocab_file, "w") as f:
         f.write("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=vocab_file)
+    return BertTokenizerFast(vocab=vocab_file)  # transformers 5 ignores vocab_file=
 
 
 def make_examples(n, seed, names=("0", "1")):
@@ -63,9 +67,7 @@ def save_model(model, tokenizer, folder):
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
-    """Folders of a 4-layer BERT teacher (lightly trained), a 2-layer BERT student, data."""
-    import torch
-
+    """Folders of a 4-layer BERT teacher, 2-layer BERT students (plain, dropout, narrow), data."""
     root = tmp_path_factory.mktemp("assets")
     tok = make_tokenizer(str(root / "tok"))
     torch.manual_seed(0)
@@ -97,8 +99,7 @@ def train_args(assets, dump_path, *extra):
 def run_train(args, timeout=300, launcher=None):
     """Run scripts/train.py (or torchrun) in a subprocess; returns CompletedProcess."""
     cmd = (launcher or [sys.executable]) + [TRAIN] + list(args)
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=SUBPROCESS_ENV, cwd=ROOT)
 
 
 def train_in_process(argv):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TRAIN, read_metrics, run_train, train_args, train_in_process
+from conftest import ROOT, SUBPROCESS_ENV, TRAIN, read_metrics, run_train, train_args, train_in_process
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -28,8 +28,7 @@ def _resume_args(assets, dump, max_steps, accumulation=2):
 
 def _kill_after_step(cmd, dump, step, timeout=240):
     """Start `cmd`, SIGKILL its whole process group once metrics.jsonl reaches `step`."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     metrics, deadline = os.path.join(dump, "metrics.jsonl"), time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(metrics) and any(r.get("step", 0) >= step for r in read_metrics(dump)):
@@ -129,9 +128,8 @@ def test_nan_on_one_rank_stops_both(assets, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits(assets, tmp_path):
     dump = tmp_path / "run"
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     args = _resume_args(assets, dump, 100000)
-    proc = subprocess.Popen([sys.executable, TRAIN] + args, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, TRAIN] + args, cwd=ROOT, env=SUBPROCESS_ENV, stderr=subprocess.PIPE)
     while not (dump / "metrics.jsonl").exists() or not read_metrics(dump):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

@@ -188,7 +188,7 @@ def _save_teacher_with_tokenizer(model, folder):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
     with open(vocab, "w") as f:
         f.write("\n".join(words) + "\n")
-    transformers.BertTokenizerFast(vocab_file=vocab).save_pretrained(folder)
+    transformers.BertTokenizerFast(vocab=vocab).save_pretrained(folder)
 
 
 def _script(name, *args):

@@ -3,9 +3,13 @@
 from distillation.errors import InputError
 from distillation.objectives.base import Objective
 from distillation.objectives.classification import SequenceClassification
+from distillation.objectives.clm import CausalLM
+from distillation.objectives.mlm import MaskedLM
 
 OBJECTIVES = {
     SequenceClassification.name: SequenceClassification,
+    MaskedLM.name: MaskedLM,
+    CausalLM.name: CausalLM,
 }
 
 

@@ -1,0 +1,112 @@
+"""Causal-LM data that is not binarized: instruction records and raw text files.
+
+Instruction records (JSON/JSONL/CSV/TSV with `instruction`, optional `input`, `output`,
+Alpaca's layout) are rendered by --prompt_template, else the tokenizer's chat template when
+it has one, else Alpaca's template. Prompt and response are tokenised separately so the
+boundary is exact: an item's first `prompt_len` tokens are context and get no label.
+
+A `.txt` file is read as one stream of text, tokenised in batches of lines and cut into
+blocks of `max_len` tokens (the usual causal-LM recipe: no token is padded or dropped).
+"""
+
+import itertools
+from typing import Dict, List, Optional
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from distillation.data.records import read_records
+from distillation.errors import InputError
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+class TokenSequences(Dataset):
+    """Items `{"input_ids": list, "prompt_len": int, "index": i}`; `lengths` for the sampler."""
+
+    def __init__(self, input_ids: List[List[int]], prompt_lens: List[int]):
+        self.input_ids, self.prompt_lens = input_ids, prompt_lens
+        self.lengths = [len(ids) for ids in input_ids]
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, i) -> Dict:
+        return {"input_ids": self.input_ids[i], "prompt_len": self.prompt_lens[i], "index": i}
+
+
+def render_prompt(record: dict, tokenizer, template: Optional[str]) -> str:
+    """The prompt text of one instruction record (everything the response follows)."""
+    instruction, extra = str(record["instruction"]), str(record.get("input") or "")
+    if template is not None:
+        try:
+            return template.format(instruction=instruction, input=extra)
+        except (KeyError, IndexError, ValueError) as err:
+            raise InputError(f"--prompt_template: cannot fill it ({type(err).__name__}: {err}); use {{instruction}} and {{input}}") from None
+    if getattr(tokenizer, "chat_template", None):
+        content = f"{instruction}\n\n{extra}" if extra else instruction
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return (ALPACA_PROMPT if extra else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=extra)
+
+
+def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str]) -> TokenSequences:
+    """Instruction records -> prompt + response + eos ids, truncated to `max_len`; records whose
+    prompt leaves no room for a response token are dropped."""
+    records = read_records(path, flag)
+    for field in ("instruction", "output"):
+        if field not in records[0]:
+            raise InputError(
+                f"{flag}: '{path}' has no '{field}' field (has {', '.join(map(str, records[0]))}); clm reads "
+                "instruction/input/output records, a .txt file or a binarized dataset"
+            )
+    chat = template is None and bool(getattr(tokenizer, "chat_template", None))
+    prompts = [render_prompt(r, tokenizer, template) for r in records]
+    # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
+    # leading ones (e.g. Llama's <s>) but no trailing [SEP]-like token, which would split prompt and response.
+    prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
+    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
+    prompt_ids = [ids[:-1] if ids and ids[-1] in trailing and not chat else ids for ids in prompt_ids]
+    responses = tokenizer([str(r["output"]) for r in records], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    input_ids, prompt_lens = [], []
+    for prompt, response in zip(prompt_ids, responses):
+        if len(prompt) >= max_len:
+            continue
+        input_ids.append((prompt + response + eos)[:max_len])
+        prompt_lens.append(len(prompt))
+    if not input_ids:
+        raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
+    return TokenSequences(input_ids, prompt_lens)
+
+
+def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines: int = 10000) -> TokenSequences:
+    """A text file as consecutive blocks of `max_len` tokens (the last one may be shorter)."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError:
+        raise InputError(f"{flag}: no such file '{path}'") from None
+    chunks = []
+    with f:
+        while True:
+            try:
+                lines = list(itertools.islice(f, batch_lines))
+            except UnicodeDecodeError as err:
+                raise InputError(f"{flag}: '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from None
+            if not lines:
+                break
+            ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
+            chunks.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64))
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    blocks = [tokens[i : i + max_len].tolist() for i in range(0, len(tokens), max_len)]
+    blocks = [b for b in blocks if len(b) >= 2]  # one token predicts nothing
+    if not blocks:
+        raise InputError(f"{flag}: '{path}' holds fewer than 2 tokens of text")
+    return TokenSequences(blocks, [0] * len(blocks))

@@ -1,0 +1,81 @@
+"""Causal language modelling: DistilGPT2's objective, and instruction distillation.
+
+Position t predicts token t+1. Both the hard-label loss and the KL run over the positions
+whose next token is a target: every real token of binarized or raw text, only the response of
+instruction data (prompt tokens are context). Data: a binarized dataset (scripts/
+binarized_data.py), a `.txt` file (cut into --max_seq_length blocks) or instruction records
+(JSON/JSONL/CSV/TSV with instruction / input / output, see data/lm_text.py).
+"""
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from distillation.data.lm_seqs_dataset import collate_lm, is_binarized_path, load_lm_sequences
+from distillation.data.lm_text import load_instructions, load_text_blocks
+from distillation.losses import cross_entropy_sum
+from distillation.objectives.base import Objective
+from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, sequence_limit, token_metrics, token_stats
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Align targets with the positions that predict them.
+
+    Args:
+        labels: [B, S] token ids, -100 where nothing is to be predicted (padding, prompt).
+    Returns:
+        [B, S]: out[:, t] = labels[:, t + 1] (the token position t must predict); the last
+        position predicts nothing (-100).
+    """
+    out = torch.full_like(labels, IGNORE)
+    out[:, :-1] = labels[:, 1:]
+    return out
+
+
+class CausalLM(Objective):
+    name = "clm"
+    task_loss_name = "clm"
+    auto_model_class = AutoModelForCausalLM
+    deterministic_inputs = False
+    cache_refusal = (
+        "clm distils a vocabulary-sized distribution at every token: the teacher's logits of one example "
+        "(tokens x vocab floats) are too large to cache"
+    )
+
+    def load_dataset(self, path, flag):
+        max_len = sequence_limit(self.cfg)
+        if is_binarized_path(path):
+            return load_lm_sequences(path, flag, self.tokenizer, max_len)
+        if path.endswith(".txt"):
+            return load_text_blocks(path, flag, self.tokenizer, max_len)
+        return load_instructions(path, flag, self.tokenizer, max_len, self.cfg.prompt_template)
+
+    def collate(self, examples):
+        return collate_lm(examples, self.tokenizer.pad_token_id, with_labels=True)
+
+    def _targets(self, batch):
+        """([N] flat positions that predict a target, [N] those targets)."""
+        shifted = shift_labels(batch["labels"])
+        positions = flat_positions(shifted != IGNORE)
+        return positions, shifted.reshape(-1)[positions]
+
+    def counts(self, batch):
+        predicted = (batch["labels"][:, 1:] != IGNORE).sum()
+        return {"task": predicted, "rows": predicted, "tokens": batch["attention_mask"].sum()}
+
+    def task_loss(self, student_logits, batch):
+        positions, targets = self._targets(batch)
+        return cross_entropy_sum(gather_rows(student_logits, positions), targets)
+
+    def distill_rows(self, student_logits, teacher_logits, batch):
+        positions, _ = self._targets(batch)
+        return gather_rows(student_logits, positions), gather_rows(teacher_logits, positions)
+
+    def eval_batch(self, student_logits, teacher_logits, batch):
+        positions, targets = self._targets(batch)
+        stats = token_stats(gather_rows(student_logits, positions), targets)
+        if teacher_logits is not None:
+            stats.update(token_stats(gather_rows(teacher_logits, positions), targets, "teacher_"))
+        return stats
+
+    def eval_metrics(self, stats):
+        return token_metrics(stats, "accuracy")

@@ -1,0 +1,131 @@
+"""Tiny language-model assets for the mlm/clm/binarized-data tests: nothing is downloaded.
+
+The corpus follows a small grammar (determiner noun verb adjective, repeated), so a tiny
+model learns something in a few dozen steps and a student's held-out loss can be compared
+before and after distillation.
+"""
+
+import importlib.util
+import os
+import pickle
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+from conftest import ROOT, VOCAB
+from distillation.cli import main_guard
+from distillation.config import DistillConfig
+from distillation.objectives import build_objective
+
+DETS, NOUNS, VERBS = ["the", "a", "this"], ["movie", "film", "plot", "actor"], ["is", "was"]
+ADJS = ["good", "great", "fine", "fun", "bad", "awful", "boring", "dull"]
+CAUSAL_VOCAB = ["<unk>", "<s>", "</s>", "<pad>"] + DETS + NOUNS + VERBS + ADJS + ["it", "Q:", "A:", "say", "why"]
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread while a test runs: tiny models gain nothing from more, and on a
+    shared, oversubscribed machine OpenMP's spinning threads make each op ~100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def sentences(n, seed, min_clauses=3, max_clauses=6):
+    """`n` lines of 3-6 clauses "det noun verb adj"."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        clauses = [f"{rng.choice(DETS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} {rng.choice(ADJS)}"
+                   for _ in range(rng.randint(min_clauses, max_clauses))]
+        lines.append(" ".join(clauses))
+    return lines
+
+
+def bert_tokenizer(folder):
+    """A WordPiece tokenizer over conftest's VOCAB, saved so AutoTokenizer loads it from `folder`.
+
+    transformers 5 reads the vocabulary from `vocab=`: its `vocab_file=` keyword is silently
+    ignored, leaving a tokenizer of the 5 special tokens that maps every word to [UNK]."""
+    os.makedirs(folder, exist_ok=True)
+    vocab_file = os.path.join(folder, "vocab.txt")
+    with open(vocab_file, "w") as f:
+        f.write("\n".join(VOCAB) + "\n")
+    tok = BertTokenizerFast(vocab=vocab_file)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def causal_tokenizer(folder):
+    """A whitespace word-level tokenizer with <s>/</s>/<pad>/<unk>, like a causal LM's."""
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(CAUSAL_VOCAB)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def write_binarized(path, tokenizer, lines):
+    """The reference's format: a pickled list of uint16 arrays, [CLS]/<s> ids [SEP]/</s>."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
+    with open(path, "wb") as f:
+        pickle.dump([np.array([start, *x, end], dtype=np.uint16) for x in ids], f)
+    return str(path)
+
+
+def write_counts(path, data_file, vocab_size):
+    with open(data_file, "rb") as f:
+        tokens = np.concatenate(pickle.load(f))
+    with open(path, "wb") as f:
+        pickle.dump(np.bincount(tokens, minlength=vocab_size).tolist(), f)
+    return str(path)
+
+
+def config(**values):
+    base = {"dump_path": "unused", "data_file": "unused", "alpha_ce": 0.0, "alpha_task": 1.0}
+    return DistillConfig.from_dict({**base, **values})
+
+
+def heldout_loss(model, objective, path, batch_size=32):
+    """Mean per-token loss of `model` on `path` through the objective's own eval path (the
+    same masks every call: the generator is seeded)."""
+    dataset = objective.load_dataset(path, "--eval_file")
+    generator = torch.Generator().manual_seed(0)
+    stats = {}
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(dataset), batch_size):
+            batch = objective.prepare_batch(objective.collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]), generator)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            for k, v in objective.eval_batch(logits, None, batch).items():
+                stats.setdefault(k, []).append(v)
+    return objective.eval_metrics({k: torch.cat(v) for k, v in stats.items()})["loss"]
+
+
+def objective_for(cfg):
+    return build_objective(cfg, AutoTokenizer.from_pretrained(cfg.tokenizer_name or cfg.student_name))
+
+
+def run_script(name, *args, timeout=120):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def call_script(capsys, name, *args):
+    """Run a script's main in this process: (exit code, stderr lines)."""
+    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), os.path.join(ROOT, "scripts", name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    code = main_guard(module.main, [str(a) for a in args])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -1,0 +1,154 @@
+"""The clm objective: label shift, response-only instruction targets, text blocks, and a real
+distillation from a teacher trained in the test."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from conftest import read_metrics, save_model, write_jsonl
+from distillation.data.lm_text import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, render_prompt
+from distillation.errors import InputError
+from distillation.losses import soft_target_kl
+from distillation.objectives.clm import shift_labels
+from distillation.pipeline import run
+from lm_helpers import (  # noqa: F401 - single_thread is a fixture
+    CAUSAL_VOCAB, call_script, causal_tokenizer, config, heldout_loss, objective_for, sentences, single_thread, write_binarized,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+TEMPLATE = "Q: {instruction} {input} A:"
+RECORDS = [
+    {"instruction": "say why", "input": "the movie", "output": "it is good"},
+    {"instruction": "say", "input": "", "output": "the plot was dull the actor was bad"},
+]
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clm")
+    tok = causal_tokenizer(str(root / "tok"))
+    (root / "train.txt").write_text("\n".join(sentences(200, seed=1)) + "\n")
+    (root / "eval.txt").write_text("\n".join(sentences(40, seed=2)) + "\n")
+    return {"root": root, "tok": str(root / "tok"), "tokenizer": tok, "train": str(root / "train.txt"),
+            "eval": str(root / "eval.txt"), "instructions": write_jsonl(str(root / "inst.jsonl"), RECORDS)}
+
+
+def _objective(lm, **values):
+    return objective_for(config(objective="clm", student_config="x", tokenizer_name=lm["tok"], **values))
+
+
+def test_shift_labels():
+    labels = torch.tensor([[5, 6, 7, -100], [-100, -100, 8, 9]])
+    assert torch.equal(shift_labels(labels), torch.tensor([[6, 7, -100, -100], [-100, 8, 9, -100]]))
+
+
+def test_instruction_loss_and_kl_cover_the_response_only(lm):
+    objective = _objective(lm, prompt_template=TEMPLATE)
+    dataset = objective.load_dataset(lm["instructions"], "--data_file")
+    tok = lm["tokenizer"]
+    prompts = [tok(TEMPLATE.format(**r))["input_ids"] for r in RECORDS]
+    responses = [tok(r["output"])["input_ids"] + [tok.eos_token_id] for r in RECORDS]
+    for i in range(2):
+        assert dataset[i]["input_ids"] == prompts[i] + responses[i] and dataset[i]["prompt_len"] == len(prompts[i])
+    batch = objective.collate([dataset[0], dataset[1]])
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(*batch["input_ids"].shape, len(CAUSAL_VOCAB), generator=g)
+    t = torch.randn(*batch["input_ids"].shape, len(CAUSAL_VOCAB), generator=g)
+    # By hand: position p predicts token p+1, for p from the prompt's last token to the one before the last.
+    rows = [(b, p) for b in range(2) for p in range(len(prompts[b]) - 1, len(prompts[b]) + len(responses[b]) - 1)]
+    targets = torch.tensor([batch["input_ids"][b, p + 1] for b, p in rows])
+    s_rows, t_rows = torch.stack([s[b, p] for b, p in rows]), torch.stack([t[b, p] for b, p in rows])
+    assert torch.equal(targets, torch.tensor(responses[0] + responses[1]))
+    counts = objective.counts(batch)
+    assert counts["task"] == counts["rows"] == len(rows)
+    assert torch.allclose(objective.task_loss(s, batch), F.cross_entropy(s_rows, targets, reduction="sum"))
+    ours_s, ours_t = objective.distill_rows(s, t, batch)
+    assert torch.equal(ours_s, s_rows) and torch.equal(ours_t, t_rows)
+    assert torch.allclose(soft_target_kl(ours_s, ours_t, 2.0), soft_target_kl(s_rows, t_rows, 2.0))
+    metrics = objective.eval_metrics(objective.eval_batch(s, t, batch))
+    assert metrics["perplexity"] == pytest.approx(torch.exp(F.cross_entropy(s_rows, targets)).item(), rel=1e-4)
+    assert "teacher_perplexity" in metrics
+
+
+def test_prompt_rendering_truncation_and_refusals(lm, tmp_path):
+    tok = lm["tokenizer"]
+    assert render_prompt({"instruction": "x"}, tok, None) == ALPACA_PROMPT_NO_INPUT.format(instruction="x")
+    assert render_prompt({"instruction": "x", "input": "y"}, tok, None) == ALPACA_PROMPT.format(instruction="x", input="y")
+    chat = causal_tokenizer(str(tmp_path / "chat"))
+    chat.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}"
+    assert render_prompt({"instruction": "x", "input": "y"}, chat, None) == "<user>x\n\ny<bot>"
+    with pytest.raises(InputError, match="--prompt_template"):
+        render_prompt({"instruction": "x"}, tok, "{question}")
+    # max 8 tokens: record 0's 6-token prompt keeps 2 response tokens, record 1's 3-token prompt keeps 5.
+    dataset = _objective(lm, prompt_template=TEMPLATE, max_seq_length=8).load_dataset(lm["instructions"], "--data_file")
+    assert dataset.lengths == [8, 8] and [dataset[i]["prompt_len"] for i in range(2)] == [6, 3]
+    dataset = _objective(lm, prompt_template=TEMPLATE, max_seq_length=4).load_dataset(lm["instructions"], "--data_file")
+    assert dataset.lengths == [4] and dataset[0]["prompt_len"] == 3  # record 0's prompt fills it: dropped
+    with pytest.raises(InputError, match="no response is left"):
+        _objective(lm, prompt_template=TEMPLATE, max_seq_length=3).load_dataset(lm["instructions"], "--data_file")
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"text": "the movie"}])
+    with pytest.raises(InputError, match="--eval_file: .* no 'instruction' field"):
+        _objective(lm).load_dataset(bad, "--eval_file")
+    with pytest.raises(InputError, match="--data_file: no such file"):
+        _objective(lm).load_dataset(str(tmp_path / "missing.txt"), "--data_file")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(InputError, match="fewer than 2 tokens"):
+        _objective(lm).load_dataset(str(tmp_path / "empty.txt"), "--data_file")
+
+
+def test_text_file_becomes_blocks_of_max_seq_length(lm):
+    objective = _objective(lm, max_seq_length=16)
+    dataset = objective.load_dataset(lm["train"], "--data_file")
+    with open(lm["train"]) as f:
+        ids = lm["tokenizer"](f.read().split("\n"), add_special_tokens=False)["input_ids"]
+    flat = [i for line in ids for i in line]
+    assert sum(dataset.lengths) == len(flat) and set(dataset.lengths[:-1]) == {16}
+    assert [i for k in range(len(dataset)) for i in dataset[k]["input_ids"]] == flat
+    batch = objective.collate([dataset[0], dataset[len(dataset) - 1]])
+    assert objective.counts(batch)["task"] == 15 + dataset.lengths[-1] - 1
+
+
+def test_cache_teacher_logits_is_refused(lm, tmp_path):
+    cfg = config(objective="clm", student_config="x", tokenizer_name=lm["tok"], teacher_name="unused", alpha_ce=1.0,
+                 cache_teacher_logits=True, dump_path=str(tmp_path / "run"))
+    with pytest.raises(InputError, match="--cache_teacher_logits: clm .* too large to cache"):
+        run(cfg)
+
+
+def _llama(hidden, layers, **kw):
+    return LlamaConfig(vocab_size=len(CAUSAL_VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=3, **kw)
+
+
+def test_clm_distillation_lowers_heldout_loss(lm):
+    """Teacher: a Llama trained here on the text file. Student: a smaller Llama distilled from it
+    on the same text binarized (both data paths), compared on held-out text before and after."""
+    root = lm["root"]
+    teacher_cfg = root / "teacher.json"
+    teacher_cfg.write_text(json.dumps({"model_type": "llama", **_llama(64, 2).to_diff_dict()}))
+    common = {"objective": "clm", "eval_file": lm["eval"], "batch_size": 16, "gradient_accumulation_steps": 1,
+              "log_interval": 5, "learning_rate": 3e-3, "max_seq_length": 32}
+    run(config(**common, data_file=lm["train"], student_config=str(teacher_cfg), tokenizer_name=lm["tok"],
+               dump_path=str(root / "teacher"), max_steps=40, warmup_prop=0.0))
+    binarized = write_binarized(root / "train.pickle", lm["tokenizer"], sentences(200, seed=1))
+    torch.manual_seed(0)
+    init = save_model(LlamaForCausalLM(_llama(32, 1)), lm["tokenizer"], str(root / "student_init"))
+    dump = root / "student"
+    summary = run(config(**common, data_file=binarized, teacher_name=str(root / "teacher" / "final"), student_name=init,
+                         dump_path=str(dump), alpha_ce=1.0, alpha_task=1.0, max_steps=30))
+    train = [r for r in read_metrics(dump) if "loss" in r]
+    assert {"loss_ce", "loss_clm"} <= set(train[-1]) and train[-1]["loss"] < train[0]["loss"]
+    assert summary["eval_teacher_perplexity"] < summary["eval_perplexity"]
+    objective = _objective(lm, max_seq_length=32)
+    before = heldout_loss(AutoModelForCausalLM.from_pretrained(init), objective, lm["eval"])
+    after = heldout_loss(AutoModelForCausalLM.from_pretrained(dump / "final"), objective, lm["eval"])
+    assert after < before - 0.3, (before, after)
+
+
+def test_convert_gguf_bad_input(tmp_path, capsys):
+    code, err = call_script(capsys, "convert_gguf.py", "--gguf_file", tmp_path / "none.gguf", "--output_dir", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and "--gguf_file: no such file" in err[0] and not (tmp_path / "out").exists()
