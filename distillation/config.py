@@ -94,20 +94,14 @@ class DistillConfig:
     def from_cli(cls, argv: Optional[List[str]] = None) -> "DistillConfig":
         """Parse `argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
         args = _build_parser().parse_args(argv)
-        values = {}
-        if args.config:
-            values.update(_read_json(args.config, "--config"))
+        values = _task_alias(_read_json(args.config, "--config")) if args.config else {}
         explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "n_gpu", "local_rank")}
-        for alias in ("alpha_mlm", "alpha_clm"):
-            if alias in values:
-                values["alpha_task"] = values.pop(alias)
-            if alias in explicit:
-                explicit["alpha_task"] = explicit.pop(alias)
-        values.update(explicit)
+        values.update(_task_alias(explicit))
         return cls.from_dict(values, source="--config" if args.config else "arguments")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "DistillConfig":
+        values = _task_alias(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -116,10 +110,6 @@ class DistillConfig:
         cfg.normalise()
         cfg.validate()
         return cfg
-
-    @classmethod
-    def load(cls, path: str) -> "DistillConfig":
-        return cls.from_dict(_read_json(path, path), source=path)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +200,15 @@ def _scalar_type(f):
         if t is candidate or t == Optional[candidate]:
             return candidate
     return str
+
+
+def _task_alias(values: dict) -> dict:
+    """The reference's --alpha_mlm / --alpha_clm are --alpha_task."""
+    values = dict(values)
+    for alias in ("alpha_mlm", "alpha_clm"):
+        if alias in values:
+            values["alpha_task"] = values.pop(alias)
+    return values
 
 
 def _read_json(path: str, flag: str) -> dict:
