@@ -115,7 +115,8 @@ class Distiller:
     def train(self) -> dict:
         """Run to the end (or to a stop signal); returns the summary."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main, desc="distil", unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main,
+                   desc="distil" if self.teacher is not None else "train", unit="step")
         start, window = time.time(), _Window(self.terms)
         try:
             while self.epoch < self.n_epoch and self.step < self.total_steps:
