@@ -94,7 +94,7 @@ class DistillConfig:
     def from_cli(cls, argv: Optional[List[str]] = None) -> "DistillConfig":
         """Parse `argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
         args = _build_parser().parse_args(argv)
-        values = _task_alias(_read_json(args.config, "--config")) if args.config else {}
+        values = _task_alias(read_json_object(args.config, "--config")) if args.config else {}
         explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "n_gpu", "local_rank")}
         values.update(_task_alias(explicit))
         return cls.from_dict(values, source="--config" if args.config else "arguments")
@@ -211,7 +211,7 @@ def _task_alias(values: dict) -> dict:
     return values
 
 
-def _read_json(path: str, flag: str) -> dict:
+def read_json_object(path: str, flag: str) -> dict:
     if not os.path.isfile(path):
         raise InputError(f"{flag}: no such file '{path}'")
     try:
@@ -220,5 +220,5 @@ def _read_json(path: str, flag: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{flag}: '{path}' is not valid JSON ({err})") from None
     if not isinstance(values, dict):
-        raise InputError(f"{flag}: '{path}' must hold a JSON object of options")
+        raise InputError(f"{flag}: '{path}' must hold a JSON object")
     return values

@@ -5,12 +5,12 @@ failure becomes an InputError that names the flag.
 """
 
 import inspect
-import json
 import os
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from distillation.config import read_json_object
 from distillation.errors import InputError
 
 
@@ -80,13 +80,7 @@ def _has_head(config, objective) -> bool:
 
 
 def _config_from_json(path: str, model_type):
-    if not os.path.isfile(path):
-        raise InputError(f"--student_config: no such file '{path}'")
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"--student_config: '{path}' is not valid JSON ({err})") from None
+    values = read_json_object(path, "--student_config")
     model_type = values.pop("model_type", None) or model_type
     if model_type is None:
         raise InputError(f"--student_config: '{path}' has no 'model_type'; give --student_type (e.g. distilbert)")
