@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch", "transformers>=4.40", "tensorboard", "numpy", "tqdm", "safetensors"],
     extras_require={
-        "dev": ["pytest"],
+        # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs
+        "dev": ["pytest", "datasets", "accelerate"],
         "datasets": ["datasets"],
         "gguf": ["gguf", "accelerate"],
     },

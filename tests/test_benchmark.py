@@ -1,0 +1,33 @@
+"""scripts/benchmark.py --quick: both runs, their ratio and both accuracies are reported.
+
+Speed is the benchmark's business, not the tests': this checks the output's structure only.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def test_quick_benchmark_reports_both_runs(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--work_dir", str(tmp_path), "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res["runs"]) == {"recipe", "ours"}
+    for run in res["runs"].values():
+        assert run["examples_per_s"] > 0 and run["peak_rss_mb"] > 0 and run["train_s"] > 0
+        assert 0.0 <= run["accuracy"] <= 1.0
+        assert run["tflop_per_s"] > 0 and 0 < run["mfu"] and run["padding_overhead"] >= 1.0
+    assert res["runs"]["recipe"]["precision"] == "fp32" and res["runs"]["ours"]["precision"] == "bf16"
+    assert res["speedup"] == pytest.approx(res["runs"]["ours"]["examples_per_s"] / res["runs"]["recipe"]["examples_per_s"])
+    assert res["accuracy_gap_points"] == pytest.approx(100 * (res["runs"]["ours"]["accuracy"] - res["runs"]["recipe"]["accuracy"]))
+    assert res["matmul_peak_tflop_per_s"]["bf16"] > 0 and res["matmul_peak_tflop_per_s"]["fp32"] > 0
+    assert "speed-up ours/recipe" in proc.stdout and "| recipe | fp32 |" in proc.stdout
