@@ -14,7 +14,7 @@ from distillation.data.lm_seqs_dataset import collate_lm, is_binarized_path, loa
 from distillation.data.lm_text import load_instructions, load_text_blocks
 from distillation.losses import cross_entropy_sum
 from distillation.objectives.base import Objective
-from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, sequence_limit, token_metrics, token_stats
+from distillation.objectives.lm import IGNORE, eval_token_stats, flat_positions, gather_rows, sequence_limit, token_metrics
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -72,10 +72,7 @@ class CausalLM(Objective):
 
     def eval_batch(self, student_logits, teacher_logits, batch):
         positions, targets = self._targets(batch)
-        stats = token_stats(gather_rows(student_logits, positions), targets)
-        if teacher_logits is not None:
-            stats.update(token_stats(gather_rows(teacher_logits, positions), targets, "teacher_"))
-        return stats
+        return eval_token_stats(student_logits, teacher_logits, positions, targets)
 
     def eval_metrics(self, stats):
         return token_metrics(stats, "accuracy")

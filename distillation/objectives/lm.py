@@ -73,6 +73,14 @@ def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, prefix: s
     }
 
 
+def eval_token_stats(student_logits, teacher_logits, positions, targets) -> Dict[str, torch.Tensor]:
+    """token_stats of the student (and of the teacher, prefixed `teacher_`) at `positions`."""
+    stats = token_stats(gather_rows(student_logits, positions), targets)
+    if teacher_logits is not None:
+        stats.update(token_stats(gather_rows(teacher_logits, positions), targets, "teacher_"))
+    return stats
+
+
 def token_metrics(stats: Dict[str, torch.Tensor], accuracy_name: str) -> Dict[str, float]:
     """loss (mean NLL), perplexity and accuracy, for the student and (when present) the teacher."""
     metrics = {}

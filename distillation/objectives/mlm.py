@@ -24,7 +24,7 @@ from distillation.data.lm_seqs_dataset import collate_lm, load_lm_sequences
 from distillation.errors import InputError
 from distillation.losses import cross_entropy_sum
 from distillation.objectives.base import Objective
-from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, sequence_limit, token_metrics, token_stats
+from distillation.objectives.lm import IGNORE, eval_token_stats, flat_positions, gather_rows, sequence_limit, token_metrics
 
 
 def mlm_token_probs(counts: torch.Tensor, smoothing: float, special_ids: Iterable[int]) -> torch.Tensor:
@@ -174,10 +174,7 @@ class MaskedLM(Objective):
     def eval_batch(self, student_logits, teacher_logits, batch):
         positions = flat_positions(batch["labels"] != IGNORE)
         targets = batch["labels"].reshape(-1)[positions]
-        stats = token_stats(gather_rows(student_logits, positions), targets)
-        if teacher_logits is not None:
-            stats.update(token_stats(gather_rows(teacher_logits, positions), targets, "teacher_"))
-        return stats
+        return eval_token_stats(student_logits, teacher_logits, positions, targets)
 
     def eval_metrics(self, stats):
         return token_metrics(stats, "masked_accuracy")
