@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--group_by_size", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--levers", action="store_true", help="Also run ours with each lever flipped, and time the teacher's forward modes.")
+    p.add_argument("--repeats", type=int, default=1, help="Run each side this many times, interleaved; report the fastest (a shared machine).")
+    p.add_argument("--levers", nargs="?", const="all", help="Also run ours with each lever flipped (or only these, comma-separated: "
+                   "group_by_size,precision,cache_teacher_logits,compile,num_workers), and time the teacher's forward modes.")
     p.add_argument("--teacher", help="A fine-tuned sequence-classification teacher folder (default: fine-tune MiniLM once, cached).")
     p.add_argument("--student_layers", type=int, default=3, help="Teacher layers the student keeps.")
     p.add_argument("--teacher_train_size", type=int, default=8000, help="Tweets the MiniLM teacher is fine-tuned on.")
