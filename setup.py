@@ -8,6 +8,13 @@ setup(
     packages=find_packages(include=["distillation", "distillation.*"]),
     python_requires=">=3.9",
     install_requires=["torch", "transformers>=4.40", "tensorboard", "numpy", "tqdm", "safetensors"],
+    entry_points={
+        "console_scripts": [
+            f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"
+            for name in ("train", "extract", "extract_distilbert", "binarized_data", "token_counts",
+                         "convert_gguf", "demo", "evaluate", "benchmark")
+        ]
+    },
     extras_require={
         # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs
         "dev": ["pytest", "datasets", "accelerate"],

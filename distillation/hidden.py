@@ -8,7 +8,6 @@ student folder stays a plain `from_pretrained` model.
 
 from typing import List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from distillation.errors import InputError

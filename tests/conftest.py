@@ -104,14 +104,9 @@ def run_train(args, timeout=300, launcher=None):
 
 def train_in_process(argv):
     """scripts/train.py's exit code for `argv`, run in this process (no interpreter start-up)."""
-    import importlib.util
+    from distillation.cli.train import main
 
-    from distillation.cli import main_guard
-
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return main_guard(module.main, [str(a) for a in argv])
+    return main([str(a) for a in argv])
 
 
 def read_metrics(dump_path):

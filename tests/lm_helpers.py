@@ -5,7 +5,7 @@ model learns something in a few dozen steps and a student's held-out loss can be
 before and after distillation.
 """
 
-import importlib.util
+import importlib
 import os
 import pickle
 import random
@@ -19,7 +19,6 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 from conftest import ROOT, VOCAB
-from distillation.cli import main_guard
 from distillation.config import DistillConfig
 from distillation.objectives import build_objective
 
@@ -123,9 +122,7 @@ def run_script(name, *args, timeout=120):
 
 def call_script(capsys, name, *args):
     """Run a script's main in this process: (exit code, stderr lines)."""
-    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), os.path.join(ROOT, "scripts", name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    main = importlib.import_module(f"distillation.cli.{name.removesuffix('.py')}").main
     capsys.readouterr()
-    code = main_guard(module.main, [str(a) for a in args])
+    code = main([str(a) for a in args])
     return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -2,7 +2,7 @@
 report, and the offline path. Nothing is downloaded: the one pip call targets a dead address."""
 
 import csv
-import importlib.util
+import importlib
 import json
 import os
 import random
@@ -11,22 +11,14 @@ import pytest
 import torch
 from transformers import BertModel, pipeline
 
-from conftest import NEGATIVE, POSITIVE, ROOT, WORDS, make_tokenizer, tiny_bert_config
-from distillation.cli import main_guard
+from conftest import NEGATIVE, POSITIVE, WORDS, make_tokenizer, tiny_bert_config
 
 FILLER = WORDS[10:]
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _call(name, *argv):
     """The script's exit code for `argv`, run in this process (no interpreter start-up)."""
-    return main_guard(_script(name).main, [str(a) for a in argv])
+    return importlib.import_module(f"distillation.cli.{name}").main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")

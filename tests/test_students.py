@@ -2,7 +2,7 @@
 and the two extraction scripts. Tiny models built from configs; no downloads."""
 
 import copy
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -12,7 +12,6 @@ import torch
 import transformers
 from torch import nn
 
-from distillation.cli import main_guard
 from distillation.errors import InputError
 from distillation.students import (
     bert_to_distilbert,
@@ -198,11 +197,9 @@ def _script(name, *args):
 
 def _in_process(capsys, name, *args):
     """A script's exit code and stderr without a new interpreter (each costs seconds)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    main = importlib.import_module(f"distillation.cli.{name.removesuffix('.py')}").main
     capsys.readouterr()
-    code = main_guard(module.main, list(args))
+    code = main(list(args))
     return code, capsys.readouterr().err
 
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from distillation.data.text_classification import collate_classification, load_text_classification
 from distillation.errors import InputError
 from distillation.losses import cross_entropy_sum
-from distillation.objectives.base import Batch, Objective
+from distillation.objectives.base import Objective
 
 
 class SequenceClassification(Objective):

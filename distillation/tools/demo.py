@@ -5,7 +5,7 @@
 3. teacher  MiniLM + a fresh 3-way head, fine-tuned on the train split (teacher-less mode)
 4. student  the teacher's evenly spread half of its layers (students.extract_student)
 5. distil   soft targets of the teacher at T=2 plus the hard labels, on the same split
-6. report   teacher vs student on the test split (distillation.report)
+6. report   teacher vs student on the test split (distillation.tools.report)
 
 Every training stage is `pipeline.run` in this process, in its own run folder under the
 dump folder: teacher/, student_init/, distil/ (the student is distil/final/).
@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass
 
 from distillation.config import DistillConfig
 from distillation.errors import InputError
-from distillation.fetch import fetch_assets
+from distillation.tools.fetch import fetch_assets
 from distillation.pipeline import run
-from distillation.report import LATENCY_EXAMPLES, MAX_SEQ_LENGTH, build_report, format_report, load_classifier
+from distillation.tools.report import LATENCY_EXAMPLES, MAX_SEQ_LENGTH, build_report, format_report, load_classifier
 from distillation.students import default_layers, extract_student, save_student
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 DEFAULT_CACHE = os.path.join(ROOT, "binarized_data", "assets")
 LABELS = ("negative", "neutral", "positive")
 

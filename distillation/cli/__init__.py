@@ -1,4 +1,7 @@
-"""What every script shares: bad input is one line on stderr and exit code 2."""
+"""The command-line tools (`scripts/*.py`, and the `distil-*` console commands of setup.py).
+
+What they share: bad input is one line on stderr and exit code 2, a stopped run exit code 1.
+"""
 
 import argparse
 import sys
@@ -22,6 +25,15 @@ def main_guard(main, *args) -> int:
     except TrainingStopped as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def command(run):
+    """`run(argv)` as an entry point: `main(argv=None)` returns the exit code instead of raising."""
+
+    def main(argv=None) -> int:
+        return main_guard(run, argv)
+
+    return main
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,6 +1,6 @@
 """What scripts/benchmark.py trains on: a fine-tuned teacher, one student init, train/eval data.
 
-Real mode (DESIGN §7, fetched once by `distillation.fetch` as the demo does): the tweets,
+Real mode (DESIGN §7, fetched once by `distillation.tools.fetch` as the demo does): the tweets,
 repeats dropped, are shuffled once (fixed seed) and split into disjoint teacher-training,
 held-out and benchmark-training sets. all-MiniLM-L6-v2 is a bare
 `BertModel`, so it is first fine-tuned on the teacher split with our teacher-less mode
@@ -14,7 +14,7 @@ import os
 import random
 
 from distillation.errors import InputError
-from distillation.fetch import fetch_assets
+from distillation.tools.fetch import fetch_assets
 from distillation.students import default_layers, extract_student, save_student
 
 

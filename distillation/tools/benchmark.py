@@ -15,7 +15,7 @@ with --cache_teacher_logits), N = weights of the Linear layers inside the Transf
 blocks (embedding lookups cost no matmul; attention's S² terms are <2% at tweet length).
 MFU = achieved FLOP/s / the matmul peak timed here (2048² bf16 and fp32 GEMMs).
 
-`python -m distillation.benchmark SPEC.json` is the child entry point.
+`python -m distillation.tools.benchmark SPEC.json` is the child entry point.
 """
 
 import json
@@ -31,9 +31,9 @@ from torch import nn
 from distillation.data.grouped_batch_sampler import epoch_batches
 from distillation.data.text_classification import collate_classification
 from distillation.errors import InputError
-from distillation.trainer_recipe import RECIPE_CHANGES
+from distillation.tools.trainer_recipe import RECIPE_CHANGES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 
 # --- child processes ---------------------------------------------------------------------
@@ -47,7 +47,7 @@ def run_child(spec: dict) -> dict:
         json.dump(spec, f)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ROOT}
     with open(spec["out"] + ".log", "w") as log:
-        cmd = [sys.executable, "-m", "distillation.benchmark", spec["out"] + ".spec.json"]
+        cmd = [sys.executable, "-m", "distillation.tools.benchmark", spec["out"] + ".spec.json"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -88,7 +88,7 @@ def child_main(spec_file: str) -> None:
 
     def main():
         if spec["side"] == "recipe":
-            from distillation.trainer_recipe import run_recipe
+            from distillation.tools.trainer_recipe import run_recipe
 
             result = run_recipe(spec)
         else:
@@ -209,7 +209,7 @@ def benchmark(args) -> dict:
     """Everything the report shows, measured now. `args`: see scripts/benchmark.py."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from distillation.benchmark_assets import quick_assets, real_assets
+    from distillation.tools.benchmark_assets import quick_assets, real_assets
 
     wanted = [name for name, _ in LEVERS] if args.levers == "all" else args.levers.split(",") if args.levers else []
     unknown = sorted(set(wanted) - {name for name, _ in LEVERS})
