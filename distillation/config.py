@@ -1,113 +1,186 @@
-"""One dataclass holding every option of a run, its CLI, JSON load/save and validation.
+"""One dataclass holding every option of a run: defaults, the reference's flags, validation.
 
-`python scripts/train.py [--config FILE.json] [--flag value ...]`: the file gives values,
-flags override it. Flags keep the reference distiller's names and defaults where they still
-make sense (shared/reference.md); `--alpha_mlm`/`--alpha_clm` are aliases of `--alpha_task`
-and `--fp16` of `--precision fp16`.
+`python scripts/train.py [--config FILE.json] [--flag value ...]`: the file gives values, flags
+override it, and both take the same names (`distillation/cli/options.py` builds the parser).
+A `None` field is "not given": `resolve()` fills it from the objective's defaults
+(`OBJECTIVE_DEFAULTS`), so `parameters.json` always holds the values the run used.
+
+Reference compatibility (shared/reference.md): a flag with a reference name means what it meant
+there, or the run stops with exit code 2 saying what differs. `--alpha_mlm` / `--alpha_clm`
+weigh the MLM / CLM loss (the one of the other objective must be 0), `--alpha_mse` is the MSE of
+the logits, `--alpha_cos` compares the last hidden layers unless `--layer_map` says otherwise,
+`--log_interval` / `--checkpoint_interval` count micro-batches (the reference's iterations).
 """
 
-import argparse
 import dataclasses
 import json
+import math
 import os
-from dataclasses import dataclass, field, fields
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
-from distillation.cli import ArgumentParser
 from distillation.errors import InputError
 
-OBJECTIVE_NAMES = ("mlm", "clm", "sequence_classification")
+OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
+
+# Defaults that differ by objective, in the order of OBJECTIVE_NAMES. mlm keeps the reference's
+# DistilBERT recipe (its README command: alpha_ce 5, alpha_mlm 2, alpha_cos 1, and train.py's
+# optimisation defaults). sequence_classification's were chosen by measurement (README,
+# "Defaults"); clm's suit instruction and text data of thousands of examples.
+OBJECTIVE_DEFAULTS = {
+    "learning_rate": (1e-4, 5e-4, 1e-4),
+    "batch_size": (32, 5, 8),
+    "gradient_accumulation_steps": (1, 50, 1),
+    "warmup_prop": (0.1, 0.05, 0.05),
+    "weight_decay": (0.01, 0.0, 0.01),
+    "max_grad_norm": (1.0, 5.0, 1.0),
+    "alpha_ce": (0.5, 5.0, 0.5),
+    "alpha_task": (0.5, 2.0, 0.5),
+    "alpha_cos": (0.0, 1.0, 0.0),
+    "log_interval": (50, 500, 50),
+}
+# Unless given, --max_seq_length is this, lowered to what both models accept (models.sequence_limit).
+DEFAULT_MAX_SEQ_LENGTH = {"sequence_classification": 512, "mlm": 512, "clm": 1024}
+TEACHER_LOSSES = ("alpha_ce", "alpha_cos")  # the per-objective weights that need a teacher
+TASK_ALPHA = {"mlm": "alpha_mlm", "clm": "alpha_clm"}  # the reference's name of each task loss weight
+APEX_LEVELS = ("O0", "O1", "O2", "O3")
 
 
-def _opt(default, help, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+def _opt(default, help, section, **meta):
+    """A field; `shown` is what --help prints as its default when `default` alone says too little."""
+    return field(default=default, metadata={"help": help, "section": section, **meta})
 
 
 @dataclass
 class DistillConfig:
-    # --- run -------------------------------------------------------------------------------
-    dump_path: str = _opt(None, "Run folder (parameters.json, metrics.jsonl, log/, checkpoint/, final/).")
-    force: bool = _opt(False, "Overwrite an existing --dump_path.")
-    objective: str = _opt("sequence_classification", "What is distilled.", choices=OBJECTIVE_NAMES)
-    seed: int = _opt(56, "Seed of every random number generator.")
-    # --- data ------------------------------------------------------------------------------
-    data_file: str = _opt(None, "Training data: jsonl/csv/tsv/json (classification, instructions) or a binarized pickle (mlm/clm).")
-    eval_file: Optional[str] = _opt(None, "Held-out data in the same format, evaluated at --eval_interval and each epoch end.")
-    text_column: str = _opt("text", "Column holding the text (classification).")
-    text_pair_column: Optional[str] = _opt(None, "Column holding the second text of a pair (classification).")
-    label_column: str = _opt("label", "Column holding the label, int or string (classification).")
-    max_seq_length: int = _opt(512, "Longer inputs are truncated (classification, instructions) or split (binarized LM data).")
-    token_counts: Optional[str] = _opt(None, "Pickled token counts from scripts/token_counts.py (mlm).")
-    prompt_template: Optional[str] = _opt(None, "Instruction data: template with {instruction} and {input}; default Alpaca's (or the tokenizer's chat template).")
-    # --- models ----------------------------------------------------------------------------
-    teacher_name: Optional[str] = _opt(None, "Teacher: hub name or folder. Unset = plain fine-tuning (needs alpha_ce=alpha_mse=alpha_cos=0).")
-    student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).")
-    student_config: Optional[str] = _opt(None, "Student config JSON; the student starts from random weights.")
-    tokenizer_name: Optional[str] = _opt(None, "Tokenizer: hub name or folder (default: the teacher's, else the student's).")
-    student_pretrained_weights: Optional[str] = _opt(None, "Reference flag: a state dict (.pth/.safetensors) loaded into the --student_config student.")
-    student_type: Optional[str] = _opt(None, "Model type of a --student_config JSON without 'model_type' (e.g. distilbert, gpt2, roberta).")
-    teacher_type: Optional[str] = _opt(None, "Reference flag, informational: the family is read from the config.")
-    # --- losses ----------------------------------------------------------------------------
-    temperature: float = _opt(2.0, "Softmax temperature T of the soft targets (KL is scaled by T²).")
-    alpha_ce: float = _opt(0.5, "Weight of the soft-target KL.")
-    alpha_task: float = _opt(0.5, "Weight of the hard-label loss (aliases: --alpha_mlm, --alpha_clm).")
-    alpha_mse: float = _opt(0.0, "Weight of the hidden-state MSE.")
-    alpha_cos: float = _opt(0.0, "Weight of the hidden-state cosine loss.")
-    layer_map: Optional[str] = _opt(None, "Hidden losses: student:teacher layer pairs, e.g. 0:1,1:3,2:5 (default: evenly spread, last to last).")
-    hidden_projection: bool = _opt(True, "Learn a linear student->teacher projection when hidden sizes differ.")
-    # --- mlm -------------------------------------------------------------------------------
-    mlm: bool = _opt(False, "Reference flag: same as --objective mlm.")
-    mlm_mask_prop: float = _opt(0.15, "Share of real tokens chosen for prediction.")
-    word_mask: float = _opt(0.8, "Chosen tokens replaced by [MASK].")
-    word_keep: float = _opt(0.1, "Chosen tokens kept as they are.")
-    word_rand: float = _opt(0.1, "Chosen tokens replaced by a random (non-special) token.")
-    mlm_smoothing: float = _opt(0.7, "Masking probability ∝ count^(-mlm_smoothing).")
-    restrict_ce_to_mask: bool = _opt(False, "Distil only the masked positions (mlm).")
-    freeze_pos_embs: bool = _opt(False, "Freeze the student's position embeddings.")
-    freeze_token_type_embds: bool = _opt(False, "Freeze the student's token type embeddings.")
-    # --- optimisation ----------------------------------------------------------------------
-    n_epoch: int = _opt(3, "Epochs over --data_file.")
-    max_steps: Optional[int] = _opt(None, "Stop after this many optimizer steps (overrides --n_epoch for the schedule).")
-    batch_size: int = _opt(5, "Examples per micro-batch per process.")
-    group_by_size: bool = _opt(True, "Length-grouped batches (less padding).")
-    gradient_accumulation_steps: Optional[int] = _opt(None, "Micro-batches per optimizer step (default: the objective's: 50 for mlm/clm as the reference, 1 for classification).")
-    warmup_prop: float = _opt(0.05, "Share of steps with linear warm-up.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay (never on biases and norms).")
-    learning_rate: float = _opt(5e-4, "Peak learning rate.")
-    adam_epsilon: float = _opt(1e-6, "AdamW epsilon.")
-    max_grad_norm: float = _opt(5.0, "Gradient clipping norm.")
-    precision: str = _opt("fp32", "Autocast precision; fp16 adds a GradScaler.", choices=("fp32", "bf16", "fp16"))
-    fp16: bool = _opt(False, "Reference flag: same as --precision fp16.")
-    cache_teacher_logits: bool = _opt(False, "Compute teacher logits once per example and reuse them in later epochs.")
-    compile: bool = _opt(False, "torch.compile the student.")
-    num_workers: int = _opt(0, "DataLoader worker processes.")
-    # --- logging, eval, checkpoints ----------------------------------------------------------
-    log_interval: int = _opt(500, "Optimizer steps between metrics lines (and one at each epoch end).")
-    eval_interval: Optional[int] = _opt(None, "Optimizer steps between evaluations (and one at each epoch end).")
-    eval_batch_size: Optional[int] = _opt(None, "Batch size of evaluation (default: 4 x --batch_size).")
-    checkpoint_interval: int = _opt(4000, "Optimizer steps between checkpoints (and one at each epoch end).")
-    resume: bool = _opt(False, "Continue from --dump_path/checkpoint/.")
-    ddp_timeout_minutes: float = _opt(30.0, "A rank that waits longer than this on the others fails the run.")
+    # --- run -----------------------------------------------------------------------------------
+    dump_path: Optional[str] = _opt(None, "Run folder (parameters.json, metrics.jsonl, log/, checkpoint/, final/).", "run", shown="required")
+    force: bool = _opt(False, "Overwrite an existing --dump_path.", "run")
+    objective: Optional[str] = _opt(None, "What is distilled.", "run", choices=OBJECTIVE_NAMES,
+                                    shown="mlm with --mlm; clm for a reference command (--student_type/--teacher_type) without --mlm, "
+                                          "as the reference; else sequence_classification")
+    seed: int = _opt(56, "Seed of every random number generator.", "run")
+    resume: bool = _opt(False, "Continue from --dump_path/checkpoint/.", "run")
+    # --- data ----------------------------------------------------------------------------------
+    data_file: Optional[str] = _opt(None, "Training data: jsonl/json/csv/tsv (classification, instructions), a .txt file (clm) "
+                                    "or a binarized dataset (mlm/clm).", "data", shown="required")
+    eval_file: Optional[str] = _opt(None, "Held-out data in the same format, evaluated every --eval_interval and at each epoch end.",
+                                    "data", shown="none")
+    validation_split: float = _opt(0.0, "Hold out this share of --data_file (seeded) as the evaluation set, instead of --eval_file.",
+                                   "data", shown="0: none")
+    text_column: str = _opt("text", "Column holding the text (classification).", "data")
+    text_pair_column: Optional[str] = _opt(None, "Column holding the second text of a pair (classification).", "data", shown="none: single texts")
+    label_column: str = _opt("label", "Column holding the label, an integer id or a string name (classification).", "data")
+    label_names: Optional[str] = _opt(None, "Names of the labels in id order, e.g. negative,positive (classification): they go into the "
+                                      "student's id2label; string labels in the data must be among them.", "data",
+                                      shown="the teacher's label names, else the data's string labels sorted, else none")
+    max_seq_length: Optional[int] = _opt(None, "Longer inputs are truncated (classification, instructions) or cut into pieces "
+                                         "(text, binarized data); at most what both models accept.", "data",
+                                         shown="512 (clm: 1024) or less, what both models accept")
+    token_counts: Optional[str] = _opt(None, "Token counts from scripts/token_counts.py (mlm's masking probabilities).", "data",
+                                       shown="required for mlm")
+    prompt_template: Optional[str] = _opt(None, "Instruction data: a template with {instruction} and {input}.", "data",
+                                          shown="the tokenizer's chat template, else Alpaca's")
+    # --- models --------------------------------------------------------------------------------
+    teacher_name: Optional[str] = _opt(None, "Teacher: hub name or folder, with its trained head for the objective.", "models",
+                                       shown="none: plain training on the labels (needs --alpha_ce 0 and no other teacher loss)")
+    student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).", "models",
+                                       shown="none: give this or --student_config")
+    student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
+                                         "random weights.", "models", shown="none: give this or --student_name")
+    tokenizer_name: Optional[str] = _opt(None, "Tokenizer: hub name or folder.", "models", shown="the teacher's, else the student's")
+    student_pretrained_weights: Optional[str] = _opt(None, "Reference flag: weights (.pth/.bin/.safetensors file or a folder) for the "
+                                                     "--student_config student; every tensor must be there.", "models", shown="none")
+    student_type: Optional[str] = _opt(None, "Reference flag: the student's model_type (distilbert, roberta, gpt2...); needed when "
+                                       "--student_config has no model_type, checked against it otherwise.", "models", shown="the config's")
+    teacher_type: Optional[str] = _opt(None, "Reference flag: the teacher's model_type (bert, roberta, gpt2...); checked against it.",
+                                       "models", shown="the config's")
+    initializer_range: float = _opt(0.02, "Reference flag, parsed but never used there: it changes nothing here either "
+                                    "(a random student's init range is its config's).", "models")
+    # --- losses --------------------------------------------------------------------------------
+    temperature: float = _opt(2.0, "Softmax temperature T of the soft targets (the KL is scaled by T²).", "losses")
+    alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target KL.", "losses", also="0 without --teacher_name")
+    alpha_task: Optional[float] = _opt(None, "Weight of the hard-label loss (classification CE, MLM or CLM).", "losses")
+    alpha_mlm: Optional[float] = _opt(None, "Reference flag: weight of the MLM loss (mlm only; 0 for other objectives).", "losses",
+                                      shown="--alpha_task")
+    alpha_clm: Optional[float] = _opt(None, "Reference flag: weight of the CLM loss (clm only; 0 for other objectives).", "losses",
+                                      shown="--alpha_task")
+    alpha_mse: float = _opt(0.0, "Weight of the MSE between student and teacher logits on the distilled rows (the reference's).", "losses")
+    alpha_hidden_mse: float = _opt(0.0, "Weight of the MSE between hidden states (--layer_map), projected when widths differ.", "losses")
+    alpha_cos: Optional[float] = _opt(None, "Weight of the cosine loss between hidden states (--layer_map).", "losses",
+                                      also="0 without --teacher_name")
+    layer_map: str = _opt("last", "Hidden losses compare: 'last' (the last layers, as the reference), 'uniform' (every student layer with "
+                          "an evenly spread teacher layer, last with last) or student:teacher pairs such as 0:1,1:3,2:5.", "losses")
+    hidden_projection: bool = _opt(True, "Learn a linear student->teacher projection when hidden sizes differ.", "losses")
+    # --- mlm -----------------------------------------------------------------------------------
+    mlm: bool = _opt(False, "Reference flag: same as --objective mlm.", "mlm")
+    mlm_mask_prop: float = _opt(0.15, "Share of real tokens chosen for prediction.", "mlm")
+    word_mask: float = _opt(0.8, "Chosen tokens replaced by [MASK].", "mlm")
+    word_keep: float = _opt(0.1, "Chosen tokens kept as they are.", "mlm")
+    word_rand: float = _opt(0.1, "Chosen tokens replaced by a random (non-special) token.", "mlm")
+    mlm_smoothing: float = _opt(0.7, "Masking probability ∝ count^(-mlm_smoothing).", "mlm")
+    restrict_ce_to_mask: bool = _opt(False, "Distil only the masked positions (mlm).", "mlm")
+    freeze_pos_embs: bool = _opt(False, "Freeze the student's position embeddings.", "mlm")
+    freeze_token_type_embds: bool = _opt(False, "Freeze the student's token type embeddings.", "mlm")
+    # --- optimisation --------------------------------------------------------------------------
+    n_epoch: int = _opt(3, "Epochs over --data_file.", "optimisation")
+    max_steps: int = _opt(0, "Stop after this many optimizer steps (the schedule then spans them).", "optimisation", shown="0: --n_epoch decides")
+    batch_size: Optional[int] = _opt(None, "Examples per micro-batch per process.", "optimisation")
+    gradient_accumulation_steps: Optional[int] = _opt(None, "Micro-batches per optimizer step.", "optimisation")
+    group_by_size: bool = _opt(True, "Length-grouped batches (less padding). Write --no-group_by_size to turn it off: the reference's "
+                               "bare --group_by_size turned it OFF and is refused here.", "optimisation")
+    learning_rate: Optional[float] = _opt(None, "Peak learning rate (linear warm-up, then linear decay to 0).", "optimisation")
+    warmup_prop: Optional[float] = _opt(None, "Share of the optimizer steps with linear warm-up.", "optimisation")
+    weight_decay: Optional[float] = _opt(None, "AdamW weight decay (never on biases and norms).", "optimisation")
+    adam_epsilon: float = _opt(1e-6, "AdamW epsilon.", "optimisation")
+    max_grad_norm: Optional[float] = _opt(None, "Gradient clipping norm.", "optimisation")
+    precision: str = _opt("fp32", "Autocast precision; fp16 adds a GradScaler.", "optimisation", choices=("fp32", "bf16", "fp16"))
+    fp16: bool = _opt(False, "Reference flag: same as --precision fp16.", "optimisation")
+    fp16_opt_level: str = _opt("O1", "Reference flag (apex). torch.amp's fp16 autocast is apex's O1, which is what runs; "
+                               "O0, O2 and O3 are refused with --fp16.", "optimisation", choices=APEX_LEVELS)
+    cache_teacher_logits: Optional[bool] = _opt(None, "Compute the teacher's logits once per example and reuse them in later epochs.",
+                                                "optimisation", shown="on for sequence_classification without hidden losses; "
+                                                "mlm and clm cannot")
+    compile: bool = _opt(False, "torch.compile the student.", "optimisation")
+    num_workers: int = _opt(0, "DataLoader worker processes.", "optimisation")
+    # --- reporting, evaluation, saving ------------------------------------------------------------
+    log_interval: Optional[int] = _opt(None, "Micro-batches (the reference's iterations) between metrics lines; one at each epoch end too.",
+                                       "reporting")
+    eval_interval: int = _opt(0, "Micro-batches between evaluations.", "reporting", shown="0: at each epoch end only")
+    eval_batch_size: Optional[int] = _opt(None, "Batch size of evaluation.", "reporting", shown="2 x --batch_size")
+    save_best_metric: Optional[str] = _opt(None, "Keep the student of the best evaluation in best/, by this metric (eval_accuracy, "
+                                           "eval_loss, eval_macro_f1, eval_perplexity...: losses and perplexity lower, others higher).",
+                                           "reporting", shown="none: no best/")
+    early_stopping_patience: int = _opt(0, "Stop after this many evaluations without a better --save_best_metric.", "reporting",
+                                        shown="0: never")
+    save_strategy: str = _opt("no", "Also keep loadable student folders: at each epoch end (epoch-N/) or every --save_steps optimizer "
+                              "steps (step-N/).", "reporting", choices=("no", "epoch", "steps"))
+    save_steps: int = _opt(500, "Optimizer steps between step-N/ folders (--save_strategy steps).", "reporting")
+    save_total_limit: int = _opt(0, "Keep only the newest this-many epoch-N/ or step-N/ folders.", "reporting", shown="0: keep all")
+    checkpoint_interval: int = _opt(4000, "Micro-batches (the reference's iterations) between --resume checkpoints; one at each epoch "
+                                    "end too.", "reporting")
+    ddp_timeout_minutes: float = _opt(30.0, "A rank that waits longer than this on the others fails the run.", "reporting")
+    n_gpu: Optional[int] = _opt(None, "Reference flag: 0 trains on the CPU; N >= 1 must equal the processes torchrun starts on each "
+                                "node (--nproc_per_node).", "reporting", shown="torchrun's processes")
+    local_rank: Optional[int] = _opt(None, "Reference flag, accepted and ignored: torchrun's LOCAL_RANK decides.", "reporting",
+                                     shown="torchrun's")
 
-    # --- CLI / JSON ------------------------------------------------------------------------
+    # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_cli(cls, argv: Optional[List[str]] = None) -> "DistillConfig":
-        """Parse `argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
-        args = _build_parser().parse_args(argv)
-        values = _task_alias(read_json_object(args.config, "--config")) if args.config else {}
-        explicit = {k: v for k, v in vars(args).items() if v is not None and k not in ("config", "n_gpu", "local_rank")}
-        values.update(_task_alias(explicit))
-        return cls.from_dict(values, source="--config" if args.config else "arguments")
+    def from_cli(cls, argv=None) -> "DistillConfig":
+        """`argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
+        from distillation.cli.options import parse_train_args
+
+        values, source = parse_train_args(argv)
+        return cls.from_dict(values, source)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "DistillConfig":
-        values = _task_alias(values)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"{source}: unknown option '{unknown[0]}'")
+        from distillation.cli.options import check_types
+
+        check_types(cls, values, source)
         cfg = cls(**values)
-        cfg.normalise()
+        cfg.resolve()
         cfg.validate()
         return cfg
 
@@ -118,104 +191,132 @@ class DistillConfig:
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
 
-    # --- validation ------------------------------------------------------------------------
-    def normalise(self) -> None:
-        """Fold the reference's spellings into ours."""
-        if self.mlm:
-            self.objective = "mlm"
+    # --- resolution ------------------------------------------------------------------------------
+    def resolve(self) -> None:
+        """Fold the reference's spellings into ours and fill every unset field from the defaults."""
+        self.objective = self._resolve_objective()
+        self.mlm = self.objective == "mlm"
         if self.fp16:
             self.precision = "fp16"
-        self.mlm = self.objective == "mlm"
-        if self.gradient_accumulation_steps is None:
-            self.gradient_accumulation_steps = 1 if self.objective == "sequence_classification" else 50
         self.fp16 = self.precision == "fp16"
+        self._resolve_task_alpha()
+        column = OBJECTIVE_NAMES.index(self.objective)
+        if self.teacher_name is None:  # nothing to distil: the teacher losses' defaults are 0
+            for name in TEACHER_LOSSES:
+                if getattr(self, name) is None:
+                    setattr(self, name, 0.0)
+        self.defaulted = [name for name in OBJECTIVE_DEFAULTS if getattr(self, name) is None]  # for the run's header
+        for name in self.defaulted:
+            setattr(self, name, OBJECTIVE_DEFAULTS[name][column])
+        for name in TASK_ALPHA.values():  # parameters.json reads back to the same run
+            setattr(self, name, self.alpha_task if name == TASK_ALPHA.get(self.objective) else 0.0)
+        if self.eval_batch_size is None:
+            self.eval_batch_size = 2 * self.batch_size
+        if self.cache_teacher_logits is None:
+            self.cache_teacher_logits = (
+                self.objective == "sequence_classification" and self.teacher_name is not None and not self.uses_hidden_states
+            )
+        if self.save_best_metric and not self.save_best_metric.startswith("eval_"):
+            self.save_best_metric = "eval_" + self.save_best_metric
 
+    def _resolve_objective(self) -> str:
+        if self.mlm and self.objective not in (None, "mlm"):
+            raise InputError(f"--mlm asks for the MLM objective but --objective is '{self.objective}': give one of them")
+        if self.objective is not None:
+            return self.objective
+        if self.mlm:
+            return "mlm"
+        if self.student_type or self.teacher_type:
+            return "clm"  # the reference: without --mlm it trains a causal LM
+        return "sequence_classification"
+
+    def _resolve_task_alpha(self) -> None:
+        """--alpha_mlm / --alpha_clm are the task weight of their own objective only (the reference
+        checks that the other one is 0); --alpha_task is ours, for every objective."""
+        own = TASK_ALPHA.get(self.objective)
+        for name in TASK_ALPHA.values():
+            value = getattr(self, name)
+            if name != own and value not in (None, 0.0):
+                loss = name.removeprefix("alpha_").upper()
+                why = "; the reference requires --alpha_clm 0.0 with --mlm" if name == "alpha_clm" and own == "alpha_mlm" else ""
+                raise InputError(f"--{name} {value} weighs the {loss} loss, which --objective {self.objective} does not have: "
+                                 f"set it to 0 (this objective's task loss weight is --{own or 'alpha_task'}{why})")
+        if own is not None and getattr(self, own) is not None:
+            if self.alpha_task is not None and self.alpha_task != getattr(self, own):
+                raise InputError(f"--{own} {getattr(self, own)} and --alpha_task {self.alpha_task} both weigh the "
+                                 f"{own.removeprefix('alpha_').upper()} loss: give one of them")
+            self.alpha_task = getattr(self, own)
+
+    # --- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
         def need(cond, msg):
             if not cond:
                 raise InputError(msg)
 
         need(self.objective in OBJECTIVE_NAMES, f"--objective: unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVE_NAMES)})")
-        need(self.precision in ("fp32", "bf16", "fp16"), f"--precision: unknown precision '{self.precision}'")
         need(self.dump_path, "--dump_path is required")
         need(self.data_file, "--data_file is required")
-        alphas = {"alpha_ce": self.alpha_ce, "alpha_task": self.alpha_task, "alpha_mse": self.alpha_mse, "alpha_cos": self.alpha_cos}
-        for name, a in alphas.items():
-            need(a >= 0, f"--{name} must be >= 0 (got {a})")
-        need(sum(alphas.values()) > 0, "--alpha_ce, --alpha_task, --alpha_mse and --alpha_cos are all 0: nothing to train")
-        if self.teacher_name is None:
-            need(
-                self.alpha_ce == self.alpha_mse == self.alpha_cos == 0,
-                "--teacher_name is required when --alpha_ce, --alpha_mse or --alpha_cos is > 0",
-            )
-        need(self.temperature > 0, f"--temperature must be > 0 (got {self.temperature})")
-        need((self.student_name is None) != (self.student_config is None), "give exactly one of --student_name and --student_config")
-        for name in ("batch_size", "n_epoch", "log_interval", "checkpoint_interval", "max_seq_length"):
-            need(getattr(self, name) >= 1, f"--{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "eval_interval", "eval_batch_size", "gradient_accumulation_steps"):
+        for name in ("temperature", "learning_rate", "adam_epsilon", "max_grad_norm", "ddp_timeout_minutes", "initializer_range"):
             value = getattr(self, name)
-            need(value is None or value >= 1, f"--{name} must be >= 1 (got {value})")
-        need(0 <= self.warmup_prop <= 1, f"--warmup_prop must be in [0, 1] (got {self.warmup_prop})")
-        need(self.learning_rate > 0, f"--learning_rate must be > 0 (got {self.learning_rate})")
+            need(math.isfinite(value) and value > 0, f"--{name} must be a finite number > 0 (got {value})")
+        alphas = {n: getattr(self, n) for n in ("alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse", "alpha_cos")}
+        for name, a in alphas.items():
+            need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
+        need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
+        if self.teacher_name is None:
+            used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
+            need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
+                           f"or drop {' '.join('--' + n for n in used)} to train on the labels only")
+        need((self.student_name is None) != (self.student_config is None), "give exactly one of --student_name and --student_config")
+        need(self.student_pretrained_weights is None or self.student_config is not None,
+             "--student_pretrained_weights loads into a --student_config student (with --student_name the weights are the folder's)")
+        need(self.max_seq_length is None or self.max_seq_length >= 3, f"--max_seq_length must be >= 3 (got {self.max_seq_length})")
+        for name in ("batch_size", "n_epoch", "log_interval", "checkpoint_interval", "gradient_accumulation_steps",
+                     "eval_batch_size", "save_steps"):
+            need(getattr(self, name) >= 1, f"--{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("max_steps", "eval_interval", "num_workers", "early_stopping_patience", "save_total_limit"):
+            need(getattr(self, name) >= 0, f"--{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("warmup_prop", "weight_decay"):
+            value = getattr(self, name)
+            need(0 <= value <= 1, f"--{name} must be in [0, 1] (got {value})")
+        need(0 <= self.validation_split < 1, f"--validation_split must be in [0, 1) (got {self.validation_split})")
+        need(not (self.validation_split and self.eval_file), "give --eval_file or --validation_split, not both")
+        if self.fp16:
+            need(self.fp16_opt_level == "O1", f"--fp16_opt_level {self.fp16_opt_level}: torch.amp's fp16 autocast is apex's O1 "
+                 "(fp32 weights, fp16 where safe); O0 is plain fp32 (drop --fp16), O2/O3 have no torch.amp counterpart")
+        need(self.n_gpu is None or self.n_gpu >= 0, f"--n_gpu must be >= 0 (got {self.n_gpu})")
         if self.objective == "mlm":
             need(0 < self.mlm_mask_prop <= 1, f"--mlm_mask_prop must be in (0, 1] (got {self.mlm_mask_prop})")
-            need(
-                abs(self.word_mask + self.word_keep + self.word_rand - 1) < 1e-6,
-                "--word_mask + --word_keep + --word_rand must sum to 1",
-            )
+            probs = (self.word_mask, self.word_keep, self.word_rand)
+            need(all(0 <= p <= 1 for p in probs) and abs(sum(probs) - 1) < 1e-6,
+                 f"--word_mask, --word_keep and --word_rand must be in [0, 1] and sum to 1 (got {', '.join(map(str, probs))})")
+            need(math.isfinite(self.mlm_smoothing) and self.mlm_smoothing >= 0, f"--mlm_smoothing must be >= 0 (got {self.mlm_smoothing})")
             need(self.token_counts is not None, "--token_counts is required for --objective mlm (make it with scripts/token_counts.py)")
-        need(self.layer_map is None or self.alpha_mse + self.alpha_cos > 0, "--layer_map needs --alpha_mse or --alpha_cos > 0")
+        need(self.layer_map == "last" or self.uses_hidden_states,
+             f"--layer_map {self.layer_map} needs --alpha_cos or --alpha_hidden_mse > 0")
         if self.cache_teacher_logits:
             need(self.teacher_name is not None, "--cache_teacher_logits needs --teacher_name")
-            need(self.alpha_mse == self.alpha_cos == 0, "--cache_teacher_logits caches logits only: it cannot serve --alpha_mse/--alpha_cos")
+            need(not self.uses_hidden_states,
+                 "--cache_teacher_logits caches logits only: it cannot serve --alpha_cos/--alpha_hidden_mse")
+        need(self.save_best_metric is not None or not self.early_stopping_patience,
+             "--early_stopping_patience needs --save_best_metric (the metric that must improve)")
+        need(self.save_best_metric is None or bool(self.eval_file or self.validation_split),
+             f"--save_best_metric {self.save_best_metric} needs evaluation data: --eval_file or --validation_split")
 
     @property
     def uses_hidden_states(self) -> bool:
-        return self.alpha_mse > 0 or self.alpha_cos > 0
+        return self.alpha_hidden_mse > 0 or self.alpha_cos > 0
 
-
-# --- parser ----------------------------------------------------------------------------------
-def _build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="JSON file of options; flags given here override it.")
-    for f in fields(DistillConfig):
-        kw = {"help": f.metadata["help"], "default": None}
-        if f.type in (bool, "bool"):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = _scalar_type(f)
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", **kw)
-    for alias in ("alpha_mlm", "alpha_clm"):
-        parser.add_argument(f"--{alias}", type=float, default=None, help="Alias of --alpha_task.")
-    for legacy in ("n_gpu", "local_rank"):  # torchrun sets the environment; kept so old commands parse
-        parser.add_argument(f"--{legacy}", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
-
-
-def _scalar_type(f):
-    t = f.type if not isinstance(f.type, str) else eval(f.type)  # noqa: S307 - our own annotations
-    for candidate in (int, float, str):
-        if t is candidate or t == Optional[candidate]:
-            return candidate
-    return str
-
-
-def _task_alias(values: dict) -> dict:
-    """The reference's --alpha_mlm / --alpha_clm are --alpha_task."""
-    values = dict(values)
-    for alias in ("alpha_mlm", "alpha_clm"):
-        if alias in values:
-            values["alpha_task"] = values.pop(alias)
-    return values
+    @property
+    def label_name_list(self):
+        return [n.strip() for n in self.label_names.split(",")] if self.label_names else None
 
 
 def read_json_object(path: str, flag: str) -> dict:
     if not os.path.isfile(path):
         raise InputError(f"{flag}: no such file '{path}'")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             values = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{flag}: '{path}' is not valid JSON ({err})") from None

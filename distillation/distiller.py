@@ -2,14 +2,17 @@
 
 Reads top to bottom: __init__ builds the trained module, optimizer, schedule and mixed
 precision; `train` runs epochs of optimizer steps; `_step` is one optimizer step over
-`gradient_accumulation_steps` micro-batches; then evaluation, checkpoints and the final save.
+`gradient_accumulation_steps` micro-batches; `_loss_terms` the losses of one micro-batch.
+What varies lives in parts it calls: the objective (data, rows to distil, metrics), the
+teacher (its forward pass or its cached logits), evaluation, the run log and the saved folders.
 
-Features: any objective behind `objectives.base.Objective` (the Distiller never looks at its
-name); soft-target KL + hard-label loss + hidden MSE/cosine; length-grouped dynamic batches;
-gradient accumulation with every loss normalised by the global row/token count of the step;
-DDP under torchrun (`no_sync` while accumulating, teacher never wrapped); torch.amp bf16/fp16;
-a teacher-logit cache for deterministic inputs; exact mid-epoch resume; SIGTERM/SIGINT save
-a checkpoint; a non-finite loss on any rank stops every rank before the weights change.
+Features: soft-target KL + hard-label loss + logit MSE + hidden MSE/cosine; length-grouped
+dynamic batches; gradient accumulation with every loss normalised by the global row/token
+count of the step; DDP under torchrun (`no_sync` while accumulating, teacher never wrapped);
+torch.amp bf16/fp16; exact mid-epoch resume; SIGTERM/SIGINT save a checkpoint; a non-finite
+loss on any rank stops every rank before the weights change; best/ and periodic folders,
+early stopping. Intervals named `*_interval` count micro-batches (the reference's iterations),
+`max_steps` and `save_steps` count optimizer steps.
 Limits: one teacher; the teacher must fit on each device next to the student.
 """
 
@@ -21,7 +24,6 @@ import signal
 import time
 
 import torch
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,15 +32,18 @@ from transformers import get_linear_schedule_with_warmup
 from distillation import checkpoint as ckpt
 from distillation.data.grouped_batch_sampler import epoch_batches
 from distillation.distributed import all_gather_objects, all_reduce_sum
-from distillation.errors import TrainingStopped
+from distillation.errors import InputError, TrainingStopped
+from distillation.evaluation import evaluate
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
-from distillation.losses import hidden_cosine, hidden_mse, soft_target_kl
-from distillation.models import forward_inputs, freeze_embeddings
-from distillation.run_log import RunLog, memory_mb
-from distillation.teacher_cache import TeacherCache
+from distillation.losses import hidden_cosine, hidden_mse, logits_mse, soft_target_kl
+from distillation.models import freeze_embeddings
+from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
+from distillation.saving import ModelFolders
+from distillation.teacher import Teacher
 
 # loss term -> (config weight, the count it is normalised by)
-TERMS = {"ce": ("alpha_ce", "rows"), "task": ("alpha_task", "task"), "mse": ("alpha_mse", "tokens"), "cos": ("alpha_cos", "tokens")}
+TERMS = {"ce": ("alpha_ce", "rows"), "task": ("alpha_task", "task"), "mse": ("alpha_mse", "rows"),
+         "hidden_mse": ("alpha_hidden_mse", "tokens"), "cos": ("alpha_cos", "tokens")}
 COUNTS = ("task", "rows", "tokens")
 
 
@@ -47,8 +52,8 @@ class Distiller:
         self.cfg, self.objective, self.env = cfg, objective, env
         self.tokenizer, self.train_dataset, self.eval_dataset = tokenizer, train_dataset, eval_dataset
         self.device = env.device
-        self.teacher = teacher.to(self.device) if teacher is not None else None
         self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
+        self.teacher = Teacher(teacher, objective, self.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits)
 
         # Hidden-state losses: which layers meet, and a projection when widths differ.
         self.layer_pairs, projection = [], None
@@ -63,11 +68,15 @@ class Distiller:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.forward_model = torch.compile(self.train_model) if cfg.compile else self.train_model
-        self.student_inputs = forward_inputs(student)
-        self.teacher_inputs = forward_inputs(teacher) if teacher is not None else set()
 
         # Schedule: an optimizer step is `gradient_accumulation_steps` micro-batches.
         self.micro_per_epoch = len(self._batches(epoch=0))
+        if self.micro_per_epoch < cfg.gradient_accumulation_steps:
+            raise InputError(
+                f"--gradient_accumulation_steps {cfg.gradient_accumulation_steps}: an epoch of --data_file has "
+                f"{self.micro_per_epoch} micro-batches of --batch_size {cfg.batch_size} per process, less than one optimizer "
+                f"step; lower --gradient_accumulation_steps to at most {self.micro_per_epoch}"
+            )
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.gradient_accumulation_steps)
         if cfg.max_steps:
             self.total_steps = cfg.max_steps
@@ -86,16 +95,13 @@ class Distiller:
         amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        cache_ok = cfg.cache_teacher_logits and teacher is not None
-        self.train_cache = TeacherCache(len(train_dataset)) if cache_ok else None
-        # Eval inputs never change and the teacher is frozen: its eval logits are computed once.
-        self.eval_cache = TeacherCache(len(eval_dataset)) if eval_dataset is not None and objective.deterministic_inputs else None
 
+        self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.stop_signal = None
         self.log = None  # opened by open_log() once the run folder is ready
         self.history = []  # (examples, tokens, seconds) per log interval, for the summary
-        self.last_eval = {}
+        self.last_eval, self.last_eval_step = {}, None
 
     # --- setup helpers ---------------------------------------------------------------------
     def _param_groups(self):
@@ -111,18 +117,28 @@ class Distiller:
             self.cfg.group_by_size, True, self.env.rank, self.env.world_size,
         )
 
+    @property
+    def iterations(self) -> int:
+        """Micro-batches done per process since the start (the reference's n_total_iter)."""
+        return self.epoch * self.micro_per_epoch + self.batch_in_epoch
+
+    @property
+    def epoch_progress(self) -> float:
+        return self.epoch + self.batch_in_epoch / self.micro_per_epoch
+
     # --- training ----------------------------------------------------------------------------
-    def open_log(self) -> None:
+    def open_log(self, fresh_weights=()) -> None:
         self.log = RunLog(self.cfg.dump_path, self.env.is_main)
+        self.log.say(*run_header(self, fresh_weights))
 
     def train(self) -> dict:
-        """Run to the end (or to a stop signal); returns the summary."""
+        """Run to the end (or to a stop signal, or an early stop); returns the summary."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main,
-                   desc="distil" if self.teacher is not None else "train", unit="step")
-        start, window = time.time(), _Window(self.terms)
+                   desc="distil" if self.teacher.model is not None else "train", unit="step")
+        start, window, stop_early = time.time(), Window(), False
         try:
-            while self.epoch < self.n_epoch and self.step < self.total_steps:
+            while not stop_early and self.epoch < self.n_epoch and self.step < self.total_steps:
                 batches = self._batches(self.epoch)[self.batch_in_epoch :]
                 loader = DataLoader(
                     self.train_dataset, batch_sampler=batches, collate_fn=self.objective.collate,
@@ -131,33 +147,42 @@ class Distiller:
                 micro_batches = iter(loader)
                 for first in range(0, len(batches), self.cfg.gradient_accumulation_steps):
                     group = [next(micro_batches) for _ in batches[first : first + self.cfg.gradient_accumulation_steps]]
+                    before = self.iterations
                     window.add(self._step(group))
                     self.step += 1
                     self.batch_in_epoch += len(group)
                     bar.update(1)
                     bar.set_postfix(loss=f"{window.last_loss:.4f}", ex_s=f"{window.examples_per_s():.1f}")
-                    if self.step % self.cfg.log_interval == 0:
+
+                    def passed(every):  # did this step cross a multiple of `every` micro-batches?
+                        return every > 0 and self.iterations // every > before // every
+
+                    if passed(self.cfg.log_interval):
                         self._log_train(window)
-                    if self.cfg.eval_interval and self.step % self.cfg.eval_interval == 0:
-                        self.evaluate()
+                    if passed(self.cfg.eval_interval) and self.eval_dataset is not None:
+                        stop_early = self._evaluate()
+                    self.folders.periodic(self.model, self.last_eval, self.step, self.epoch_progress, epoch_end=False)
                     if self.stop_signal is not None:
                         self._save_checkpoint()
                         return self._finish(start, interrupted=True)
-                    if self.step % self.cfg.checkpoint_interval == 0:
+                    if passed(self.cfg.checkpoint_interval):
                         self._save_checkpoint()
-                    if self.step >= self.total_steps:
+                    if stop_early or self.step >= self.total_steps:
                         break
-                if self.batch_in_epoch >= self.micro_per_epoch:
+                epoch_end = self.batch_in_epoch >= self.micro_per_epoch
+                if epoch_end:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self._log_train(window)
-                if self.eval_dataset is not None:
-                    self.evaluate()
+                if self.eval_dataset is not None and self.last_eval_step != self.step:
+                    stop_early = self._evaluate()
+                if epoch_end:
+                    self.folders.periodic(self.model, self.last_eval, self.step, self.epoch_progress, epoch_end=True)
                 self._save_checkpoint()
         finally:
             bar.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return self._finish(start, interrupted=False)
+        return self._finish(start, interrupted=False, stopped_early=stop_early)
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum  # acted on at the end of the current step, on every rank
@@ -206,75 +231,50 @@ class Distiller:
         """Loss sums of one micro-batch (not yet normalised)."""
         with_hidden = bool(self.layer_pairs)
         with self.autocast():
-            s_logits, s_hidden = self.forward_model(_select(self.objective.model_inputs(batch), self.student_inputs), with_hidden)
-            # A teacher given for comparison only (alpha_ce = 0, no hidden loss) is never run.
-            needs_teacher = "ce" in self.terms or with_hidden
-            t_logits, t_hidden = self._teacher(batch, with_hidden, self.train_cache) if needs_teacher else (None, None)
+            s_logits, s_hidden = self.forward_model(self.objective.model_inputs(batch), with_hidden)
+            # A teacher given for comparison only (no loss needs it) is never run in training.
+            needs_teacher = with_hidden or "ce" in self.terms or "mse" in self.terms
+            t_logits, t_hidden = self.teacher.outputs(batch, with_hidden) if needs_teacher else (None, None)
         terms = {}
         if "task" in self.terms:
             terms["task"] = self.objective.task_loss(s_logits, batch)
-        if "ce" in self.terms:
-            terms["ce"] = soft_target_kl(*self.objective.distill_rows(s_logits, t_logits, batch), self.cfg.temperature)
+        if "ce" in self.terms or "mse" in self.terms:
+            s_rows, t_rows = self.objective.distill_rows(s_logits, t_logits, batch)
+            if "ce" in self.terms:
+                terms["ce"] = soft_target_kl(s_rows, t_rows, self.cfg.temperature)
+            if "mse" in self.terms:
+                terms["mse"] = logits_mse(s_rows, t_rows)
         if with_hidden:
             mask = self.objective.hidden_mask(batch)
             pairs = [(s_hidden[i], t_hidden[t]) for i, (_, t) in enumerate(self.layer_pairs)]
             # Averaged over layer pairs so the weight does not grow with the number of layers.
-            for name, fn in (("mse", hidden_mse), ("cos", hidden_cosine)):
+            for name, fn in (("hidden_mse", hidden_mse), ("cos", hidden_cosine)):
                 if name in self.terms:
                     terms[name] = sum(fn(s, t, mask) for s, t in pairs) / len(pairs)
         return terms
 
-    @torch.no_grad()
-    def _teacher(self, batch, with_hidden, cache):
-        """Teacher logits (and hidden states of all its layers), from `cache` when it has them."""
-        if self.teacher is None:
-            return None, None
-        if cache is not None and not with_hidden:
-            cached = cache.get(batch["index"])
-            if cached is not None:
-                return cached, None
-        out = self.teacher(**_select(self.objective.model_inputs(batch), self.teacher_inputs), output_hidden_states=with_hidden)
-        if cache is not None:
-            cache.put(batch["index"], out.logits)
-        return out.logits, (out.hidden_states[1:] if with_hidden else None)
+    # --- evaluation, logging ---------------------------------------------------------------------
+    def _evaluate(self) -> bool:
+        """Evaluate, report, keep best/; returns whether early stopping says stop."""
+        metrics = evaluate(self.model, self.teacher, self.objective, self.eval_dataset, self.cfg.eval_batch_size,
+                           self.env, self.autocast, self.cfg.seed)
+        improved, stop = self.folders.after_eval(self.model, metrics, self.step, self.epoch_progress)
+        self.last_eval, self.last_eval_step = metrics, self.step
+        self.log.write({"step": self.step, "epoch": self.epoch_progress, **metrics}, "eval")
+        self.log.say(eval_line(self.step, self.epoch_progress, metrics, improved))
+        if stop:
+            best = self.folders.best
+            self.log.say(f"early stop: no better {self.cfg.save_best_metric} in {self.cfg.early_stopping_patience} evaluations "
+                         f"(best {best['value']:.4g} at step {best['step']})")
+        return stop
 
-    # --- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Metrics of the student (and the teacher) on --eval_file, gathered over ranks."""
-        if self.eval_dataset is None:
-            return {}
-        self.model.eval()
-        size = self.cfg.eval_batch_size or 2 * self.cfg.batch_size
-        order = sorted(range(len(self.eval_dataset)), key=self.eval_dataset.lengths.__getitem__)  # less padding
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
-        batches = batches[self.env.rank :: self.env.world_size]  # disjoint shards: nothing counted twice
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)  # same eval inputs every time
-        loader = DataLoader(self.eval_dataset, batch_sampler=batches, collate_fn=self.objective.collate)
-        stats = {}
-        for batch in loader:
-            batch = self.objective.prepare_batch(_to(batch, self.device), generator)
-            with self.autocast():
-                s_logits = self.model.student(**_select(self.objective.model_inputs(batch), self.student_inputs)).logits
-                t_logits, _ = self._teacher(batch, False, self.eval_cache)
-            for k, v in self.objective.eval_batch(s_logits.float(), None if t_logits is None else t_logits.float(), batch).items():
-                stats.setdefault(k, []).append(v)
-        local = {k: torch.cat(v) for k, v in stats.items()}
-        gathered = all_gather_objects(local, self.env)
-        merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in local}
-        self.last_eval = {f"eval_{k}": v for k, v in self.objective.eval_metrics(merged).items()}
-        self.log.write({"step": self.step, "epoch": self.epoch, **self.last_eval}, "eval")
-        self.model.train()
-        return self.last_eval
-
-    # --- logging, checkpoints, final save ----------------------------------------------------
     def _log_train(self, window):
         record = window.flush()
         if record is None:
             return
         self.history.append((record["examples"], record["tokens"], record["seconds"]))
         record = {
-            "step": self.step, "epoch": self.epoch + self.batch_in_epoch / max(1, self.micro_per_epoch),
+            "step": self.step, "epoch": self.epoch_progress,
             "loss": record["loss"],
             **{f"loss_{self.objective.task_loss_name if t == 'task' else t}": record[t] for t in self.terms},
             "lr": record["lr"],
@@ -284,6 +284,7 @@ class Distiller:
         }
         self.log.write(record, "train")
 
+    # --- checkpoints, the end ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -291,6 +292,8 @@ class Distiller:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "folders": self.folders.state_dict(),
+            "last_eval": {"step": self.last_eval_step, "metrics": self.last_eval},
             "fingerprint": ckpt.fingerprint(self.objective.name, self.model),
         }
 
@@ -300,6 +303,8 @@ class Distiller:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = (state["progress"][k] for k in ("step", "epoch", "batch_in_epoch"))
+        self.folders.load_state_dict(state["folders"])
+        self.last_eval_step, self.last_eval = state["last_eval"]["step"], state["last_eval"]["metrics"]
         ckpt.set_rng_state(state["rng"][self.env.rank])
 
     def _save_checkpoint(self):
@@ -307,65 +312,31 @@ class Distiller:
         if self.env.is_main:
             ckpt.save_checkpoint(ckpt.checkpoint_file(self.cfg.dump_path), {**self.state_dict(), "rng": rng})
 
-    def _finish(self, start, interrupted) -> dict:
+    def _finish(self, start, interrupted, stopped_early=False) -> dict:
         examples, tokens, seconds = (sum(h[i] for h in self.history) for i in range(3))
+        best = self.folders.best
         summary = {
-            "step": self.step, "epoch": self.epoch, "interrupted": interrupted,
+            "step": self.step, "epoch": self.epoch_progress, "interrupted": interrupted, "stopped_early": stopped_early,
             "wall_time_s": time.time() - start,
             "examples_per_s": examples / seconds if seconds else None,
             "tokens_per_s": tokens / seconds if seconds else None,
             "student_parameters": sum(p.numel() for p in self.model.student.parameters()),
-            "teacher_parameters": sum(p.numel() for p in self.teacher.parameters()) if self.teacher is not None else None,
+            "teacher_parameters": self.teacher.parameters(),
+            "final": None if interrupted else os.path.join(self.cfg.dump_path, "final"),
+            "best": None if best["step"] is None else {"metric": self.cfg.save_best_metric, **best,
+                                                       "folder": os.path.join(self.cfg.dump_path, "best")},
             **self.last_eval,
         }
+        if not interrupted:
+            self.folders.save("final", self.model, self.last_eval if self.last_eval_step == self.step else {},
+                              self.step, self.epoch_progress, "the weights at the end of the run")
         if self.env.is_main:
-            if not interrupted:
-                self.save_final(os.path.join(self.cfg.dump_path, "final"))
             with open(os.path.join(self.cfg.dump_path, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)
+        self.log.say(*run_summary(self, summary))
         self.log.close()
         return summary
-
-    def save_final(self, folder):
-        """The student as a `from_pretrained` folder with its tokenizer; the projection beside it."""
-        self.model.student.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-        if self.model.projection is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model.projection.state_dict().items()}
-            save_file(state, os.path.join(folder, "projection.safetensors"))
-
-
-class _Window:
-    """Loss terms and throughput accumulated since the last metrics line."""
-
-    def __init__(self, terms):
-        self.terms, self.last_loss = terms, float("nan")
-        self._reset()
-
-    def _reset(self):
-        self.sums, self.steps, self.start = {}, 0, time.time()
-
-    def add(self, values):
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.steps += 1
-        self.last_loss = values["loss"]
-
-    def examples_per_s(self):
-        return self.sums.get("examples", 0) / max(time.time() - self.start, 1e-9)
-
-    def flush(self):
-        if not self.steps:
-            return None
-        record = {k: v / self.steps for k, v in self.sums.items() if k not in ("examples", "tokens")}
-        record.update(examples=self.sums["examples"], tokens=self.sums["tokens"], seconds=time.time() - self.start)
-        self._reset()
-        return record
 
 
 def _to(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _select(inputs, accepted):
-    return {k: v for k, v in inputs.items() if k in accepted}

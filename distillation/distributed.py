@@ -8,9 +8,12 @@ for a dead peer (torchrun also tears the others down when one rank exits non-zer
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from distillation.errors import InputError
 
 
 @dataclass
@@ -29,12 +32,22 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> DistEnv:
-    """Read RANK/LOCAL_RANK/WORLD_SIZE (set by torchrun) and join the process group."""
+def init_distributed(timeout_minutes: float = 30.0, n_gpu: Optional[int] = None) -> DistEnv:
+    """Read RANK/LOCAL_RANK/WORLD_SIZE (set by torchrun) and join the process group.
+
+    `n_gpu` is the reference's flag: 0 trains on the CPU even where CUDA is present; N >= 1
+    must be the number of processes torchrun starts on this node, one per GPU."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    if n_gpu:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if not torch.cuda.is_available():
+            raise InputError(f"--n_gpu {n_gpu}: no CUDA device is visible; --n_gpu 0 trains on the CPU")
+        if n_gpu != per_node:
+            raise InputError(f"--n_gpu {n_gpu}: torchrun started {per_node} process(es) on this node; launch "
+                             f"`torchrun --nproc_per_node={n_gpu} scripts/train.py ...` (one process per GPU)")
+    if torch.cuda.is_available() and n_gpu != 0:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

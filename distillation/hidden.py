@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 from torch import nn
 
 from distillation.errors import InputError
+from distillation.models import forward_inputs
 
 LayerPairs = List[Tuple[int, int]]
 
@@ -20,20 +21,25 @@ def default_layer_map(n_student: int, n_teacher: int) -> LayerPairs:
     return [(i, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
 
 
-def parse_layer_map(text: Optional[str], n_student: int, n_teacher: int) -> LayerPairs:
-    """`0:1,1:3,2:5` -> [(0, 1), (1, 3), (2, 5)]; None -> the default map."""
-    if not text:
+def parse_layer_map(text: str, n_student: int, n_teacher: int) -> LayerPairs:
+    """--layer_map: `last` -> [(last, last)] (the reference's cosine loss), `uniform` -> every
+    student layer with an evenly spread teacher layer, `0:1,1:3,2:5` -> [(0, 1), (1, 3), (2, 5)]."""
+    if text == "last":
+        return [(n_student - 1, n_teacher - 1)]
+    if text == "uniform":
         return default_layer_map(n_student, n_teacher)
     pairs = []
     for item in text.split(","):
         try:
             s, t = (int(x) for x in item.split(":"))
         except ValueError:
-            raise InputError(f"--layer_map: '{item}' is not student:teacher (e.g. 0:1,1:3,2:5)") from None
+            raise InputError(f"--layer_map: '{item}' is not student:teacher (e.g. 0:1,1:3,2:5), 'last' or 'uniform'") from None
         if not (0 <= s < n_student and 0 <= t < n_teacher):
             raise InputError(
                 f"--layer_map: pair {s}:{t} is out of range (student layers 0-{n_student - 1}, teacher layers 0-{n_teacher - 1})"
             )
+        if (s, t) in pairs:
+            raise InputError(f"--layer_map: pair {s}:{t} is given twice")
         pairs.append((s, t))
     return pairs
 
@@ -45,7 +51,7 @@ def build_projection(student_config, teacher_config, enabled: bool) -> Optional[
         return None
     if not enabled:
         raise InputError(
-            f"--alpha_mse/--alpha_cos: student hidden size {hs} differs from the teacher's {ht} "
+            f"--alpha_hidden_mse/--alpha_cos: student hidden size {hs} differs from the teacher's {ht} "
             "and --no-hidden_projection is set; enable --hidden_projection or set both alphas to 0"
         )
     return nn.Linear(hs, ht)
@@ -60,9 +66,10 @@ class StudentWithProjection(nn.Module):
         self.student = student
         self.projection = projection
         self.student_layers = student_layers
+        self.accepted = forward_inputs(student)  # the inputs its forward takes (DistilBERT: no token_type_ids)
 
     def forward(self, inputs: dict, with_hidden: bool = False):
-        out = self.student(**inputs, output_hidden_states=with_hidden)
+        out = self.student(**{k: v for k, v in inputs.items() if k in self.accepted}, output_hidden_states=with_hidden)
         if not with_hidden:
             return out.logits, None
         hidden = [out.hidden_states[i + 1] for i in self.student_layers]

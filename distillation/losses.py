@@ -24,6 +24,18 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     return F.kl_div(s, t, reduction="sum", log_target=True) * temperature**2
 
 
+def logits_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of the squared error of the raw logits, summed over classes: the reference's
+    `--alpha_mse` term (MSELoss(reduction="sum") over the distilled rows, before its / rows).
+
+    Args:
+        student_logits: [N, C]; teacher_logits: [N, C] (no temperature).
+    Returns:
+        scalar fp32 tensor; divide by the global row count.
+    """
+    return (student_logits.float() - teacher_logits.float()).pow(2).sum()
+
+
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Sum of hard-label cross-entropy.
 

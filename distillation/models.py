@@ -1,17 +1,24 @@
-"""Load the tokenizer, teacher and student, and refuse pairs that cannot be distilled.
+"""Load the tokenizer, teacher and student, and refuse what cannot be distilled.
 
-Everything goes through `from_pretrained(name)` with a hub name or a local folder; a
-failure becomes an InputError that names the flag.
+Everything goes through `from_pretrained(name)` with a hub name or a local folder; a failure
+becomes an InputError that names the flag. Configs are read first (cheap), so that the
+sequence limit and the labels are known before any data or weights are loaded.
 """
 
 import inspect
+import json
 import os
+from typing import List, Optional, Tuple
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from distillation.config import read_json_object
+from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
+
+# Position ids of these families start after the padding id: they read 2 fewer tokens than
+# max_position_embeddings says (RoBERTa's 514 positions take 512 tokens).
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer")
 
 
 def _first_line(err: Exception) -> str:
@@ -24,6 +31,51 @@ def load_config(name: str, flag: str):
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{flag}: cannot load a model config from '{name}' ({_first_line(err)})") from None
+
+
+def load_configs(cfg):
+    """(teacher config or None, student config), checked against --teacher_type / --student_type."""
+    teacher = load_config(cfg.teacher_name, "--teacher_name") if cfg.teacher_name else None
+    if cfg.student_name:
+        student = load_config(cfg.student_name, "--student_name")
+    elif os.path.isdir(cfg.student_config):
+        student = load_config(cfg.student_config, "--student_config")
+    else:
+        values = read_json_object(cfg.student_config, "--student_config")
+        model_type = values.pop("model_type", None) or cfg.student_type
+        if model_type is None:
+            raise InputError(f"--student_config: '{cfg.student_config}' has no 'model_type'; give --student_type (e.g. distilbert)")
+        try:
+            student = AutoConfig.for_model(model_type, **values)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"--student_config: {_first_line(err)}") from None
+    for flag, wanted, config in (("--teacher_type", cfg.teacher_type, teacher), ("--student_type", cfg.student_type, student)):
+        if wanted and config is not None and config.model_type != wanted:
+            raise InputError(f"{flag} {wanted}: the {flag[2:-5]} is a '{config.model_type}' model")
+    return teacher, student
+
+
+def max_positions(config) -> Optional[int]:
+    """The longest input a model config accepts (None when it does not say)."""
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if n and config.model_type in PADDING_OFFSET_POSITIONS:
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
+def sequence_limit(cfg, tokenizer, teacher_config, student_config) -> int:
+    """--max_seq_length as given (refused beyond what the teacher, the student or the tokenizer
+    accepts), else the objective's default lowered to that."""
+    limits = {"the teacher": teacher_config and max_positions(teacher_config), "the student": max_positions(student_config)}
+    if 0 < (tokenizer.model_max_length or 0) < 1_000_000:  # unset tokenizers say ~1e30
+        limits["the tokenizer"] = tokenizer.model_max_length
+    limits = {who: n for who, n in limits.items() if n}
+    if cfg.max_seq_length is not None:
+        for who, n in limits.items():
+            if cfg.max_seq_length > n:
+                raise InputError(f"--max_seq_length {cfg.max_seq_length}: {who} accepts at most {n} tokens")
+        return cfg.max_seq_length
+    return min([DEFAULT_MAX_SEQ_LENGTH[cfg.objective], *limits.values()])
 
 
 def load_tokenizer(cfg):
@@ -42,36 +94,42 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def load_teacher(cfg, objective):
-    """The frozen teacher in eval mode, or None for plain fine-tuning."""
+def load_teacher(cfg, objective, config):
+    """The frozen teacher in eval mode, or None for plain training. A teacher must be complete:
+    a head initialised at random (e.g. a bare encoder loaded for classification) would teach noise."""
     if not cfg.teacher_name:
         return None
-    load_config(cfg.teacher_name, "--teacher_name")
-    teacher = objective.auto_model_class.from_pretrained(cfg.teacher_name)
+    teacher, info = objective.auto_model_class.from_pretrained(cfg.teacher_name, config=config, output_loading_info=True)
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise InputError(
+            f"--teacher_name: '{cfg.teacher_name}' has no trained weights for {', '.join(missing[:3])}"
+            f"{f' (+{len(missing) - 3} more)' if len(missing) > 3 else ''}: a {objective.name} teacher needs its trained "
+            f"{objective.auto_model_class.__name__.removeprefix('AutoModelFor')} head (fine-tune it first: README, 'Classification quick start')"
+        )
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
 
 
-def load_student(cfg, objective, train_dataset):
-    """The student, from --student_name (pretrained) or --student_config (random init)."""
+def load_student(cfg, objective, train_dataset, config) -> Tuple[torch.nn.Module, List[str]]:
+    """(student, names of its weights initialised at random), from --student_name (pretrained)
+    or --student_config (random init, or --student_pretrained_weights)."""
     overrides = objective.student_config_overrides(train_dataset)
-    if cfg.student_name:
-        config = load_config(cfg.student_name, "--student_name")
-        if _has_head(config, objective):
-            # A student that already carries this task's head keeps its size (check_models
-            # refuses a mismatch); it only takes the label names when they fit.
-            overrides = {k: v for k, v in overrides.items() if k != "num_labels" and len(v) == config.num_labels}
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        return objective.auto_model_class.from_pretrained(cfg.student_name, config=config)
-    config = _config_from_json(cfg.student_config, cfg.student_type)
+    if cfg.student_name and _has_head(config, objective):
+        # A student that already carries this task's head keeps its size (check_models
+        # refuses a mismatch); it only takes the label names when they fit.
+        overrides = {k: v for k, v in overrides.items() if k != "num_labels" and len(v) == config.num_labels}
     for key, value in overrides.items():
         setattr(config, key, value)
+    if cfg.student_name:
+        student, info = objective.auto_model_class.from_pretrained(cfg.student_name, config=config, output_loading_info=True)
+        return student, sorted(info["missing_keys"])
     student = objective.auto_model_class.from_config(config)
     if cfg.student_pretrained_weights:
-        _load_weights(student, cfg.student_pretrained_weights)
-    return student
+        load_weights(student, cfg.student_pretrained_weights)
+        return student, []
+    return student, ["all (--student_config)"]
 
 
 def _has_head(config, objective) -> bool:
@@ -79,29 +137,50 @@ def _has_head(config, objective) -> bool:
     return any(arch.endswith(head) for arch in (config.architectures or []))
 
 
-def _config_from_json(path: str, model_type):
-    values = read_json_object(path, "--student_config")
-    model_type = values.pop("model_type", None) or model_type
-    if model_type is None:
-        raise InputError(f"--student_config: '{path}' has no 'model_type'; give --student_type (e.g. distilbert)")
+def load_weights(model, path: str) -> None:
+    """--student_pretrained_weights: every tensor of `model` must come from `path` (a .pth/.bin/
+    .safetensors file or a save_pretrained folder), with its shape; tied copies count as loaded."""
+    state = _read_state_dict(path)
     try:
-        return AutoConfig.for_model(model_type, **values)
-    except ValueError as err:
-        raise InputError(f"--student_config: {_first_line(err)}") from None
-
-
-def _load_weights(model, path: str) -> None:
-    if not os.path.isfile(path):
-        raise InputError(f"--student_pretrained_weights: no such file '{path}'")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise InputError(f"--student_pretrained_weights: '{path}' does not fit the student ({_first_line(err)})") from None
     if unexpected:
         raise InputError(f"--student_pretrained_weights: '{path}' has weights the student lacks, e.g. '{unexpected[0]}'")
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    loaded = {tensors[k].data_ptr() for k in state if k in tensors}
+    missing = [k for k in missing if tensors[k].data_ptr() not in loaded]
+    if missing:
+        raise InputError(
+            f"--student_pretrained_weights: '{path}' lacks {len(missing)} of the student's tensors "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); they would stay random"
+        )
+
+
+def _read_state_dict(path: str) -> dict:
+    from safetensors.torch import load_file
+
+    if os.path.isdir(path):
+        names = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, n))]
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load_file(os.path.join(path, shard)).items()}
+        if not names:
+            raise InputError(f"--student_pretrained_weights: '{path}' holds no model.safetensors or pytorch_model.bin")
+        path = os.path.join(path, names[0])
+    if not os.path.isfile(path):
+        raise InputError(f"--student_pretrained_weights: no such file '{path}'")
+    try:
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # runs no code from the file
+    except Exception as err:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(f"--student_pretrained_weights: cannot read '{path}' ({_first_line(err)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"--student_pretrained_weights: '{path}' is not a state dict (name -> tensor)")
+    return state
 
 
 def check_pair(teacher, student, tokenizer) -> None:

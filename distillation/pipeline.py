@@ -11,43 +11,58 @@ import shutil
 from transformers import set_seed
 
 from distillation import checkpoint as ckpt
+from distillation.data.subset import split_off
 from distillation.distiller import Distiller
 from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
-from distillation.models import check_pair, check_tokenizers, load_student, load_teacher, load_tokenizer
-from distillation.objectives import build_objective
+from distillation.models import check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit
+from distillation.objectives import OBJECTIVES, build_objective
 
 
 def run(cfg) -> dict:
     """Train as `cfg` says; returns the run summary (also written to summary.json)."""
-    env = init_distributed(cfg.ddp_timeout_minutes)
+    env = init_distributed(cfg.ddp_timeout_minutes, cfg.n_gpu)
     set_seed(cfg.seed)
     _check_dump_path(cfg)
-    tokenizer = load_tokenizer(cfg)
-    objective = build_objective(cfg, tokenizer)
-    if cfg.cache_teacher_logits and not objective.deterministic_inputs:
-        raise InputError(f"--cache_teacher_logits: {objective.cache_refusal}")
-    train_dataset = objective.load_dataset(cfg.data_file, "--data_file")
-    eval_dataset = objective.load_dataset(cfg.eval_file, "--eval_file") if cfg.eval_file else None
-    check_tokenizers(cfg, tokenizer)
-    teacher = load_teacher(cfg, objective)
-    student = load_student(cfg, objective, train_dataset)
-    check_pair(teacher, student, tokenizer)
-    objective.check_models(teacher, student, train_dataset)
-    if eval_dataset is not None:
-        objective.check_models(teacher, student, eval_dataset)
-
-    distiller = Distiller(cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env)
+    distiller, fresh = build(cfg, env)
     if cfg.resume:
-        distiller.load_state_dict(ckpt.load_checkpoint(cfg.dump_path, ckpt.fingerprint(objective.name, distiller.model)))
+        distiller.load_state_dict(ckpt.load_checkpoint(cfg.dump_path, ckpt.fingerprint(cfg.objective, distiller.model)))
     elif env.is_main:
         _fresh_dump_path(cfg)
     barrier(env)
-    distiller.open_log()
+    distiller.open_log(fresh)
     summary = distiller.train()
     barrier(env)  # rank 0 may still be saving final/: leave the group together
     shutdown(env)
     return summary
+
+
+def build(cfg, env):
+    """(the Distiller, the names of the student's weights initialised at random): everything
+    loaded and checked, nothing written."""
+    kind = OBJECTIVES[cfg.objective]
+    if cfg.cache_teacher_logits and not kind.deterministic_inputs:
+        raise InputError(f"--cache_teacher_logits: {kind.cache_refusal}")
+    if cfg.save_best_metric and cfg.save_best_metric.removeprefix("eval_") not in kind.metrics:
+        names = ", ".join(f"eval_{m}" for m in kind.metrics)
+        raise InputError(f"--save_best_metric: {cfg.objective} has no metric '{cfg.save_best_metric}' (choose from {names})")
+    tokenizer = load_tokenizer(cfg)
+    teacher_config, student_config = load_configs(cfg)
+    cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, student_config)
+    objective = build_objective(cfg, tokenizer, teacher_config)
+    train_dataset = objective.load_dataset(cfg.data_file, "--data_file")
+    if cfg.validation_split:
+        train_dataset, eval_dataset = split_off(train_dataset, cfg.validation_split, cfg.seed)
+    else:
+        eval_dataset = objective.load_dataset(cfg.eval_file, "--eval_file") if cfg.eval_file else None
+    check_tokenizers(cfg, tokenizer)
+    teacher = load_teacher(cfg, objective, teacher_config)
+    student, fresh = load_student(cfg, objective, train_dataset, student_config)
+    check_pair(teacher, student, tokenizer)
+    for data in (train_dataset, eval_dataset):
+        if data is not None:
+            objective.check_models(teacher, student, data)
+    return Distiller(cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env), fresh
 
 
 def _check_dump_path(cfg) -> None:

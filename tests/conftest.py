@@ -25,10 +25,10 @@ POSITIVE, NEGATIVE = ["good", "great", "fun", "love"], ["bad", "awful", "boring"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
 
 
-def tiny_bert_config(layers=2, hidden=32, dropout=0.0, num_labels=2, vocab_size=len(VOCAB), **kw):
+def tiny_bert_config(layers=2, hidden=32, dropout=0.0, num_labels=2, vocab_size=len(VOCAB), positions=64, **kw):
     return BertConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
+        intermediate_size=2 * hidden, max_position_embeddings=positions, num_labels=num_labels,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **kw,
     )
 
@@ -65,13 +65,31 @@ def save_model(model, tokenizer, folder):
     return folder
 
 
+def fit_briefly(model, tokenizer, examples, steps=60, lr=3e-3):
+    """A few full-batch Adam steps on the cue-word data, so the model's logits depend on its
+    input (a random tiny classifier gives every example nearly the same logits, and a test of
+    per-example bookkeeping could not tell examples apart)."""
+    enc = tokenizer([e["text"] for e in examples], padding=True, return_tensors="pt")
+    labels = torch.tensor([int(e["label"]) for e in examples])
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model
+
+
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
-    """Folders of a 4-layer BERT teacher, 2-layer BERT students (plain, dropout, narrow), data."""
+    """Folders of a 4-layer BERT teacher fitted to the data, 2-layer BERT students (plain,
+    dropout, narrow) at random init, train and test data."""
     root = tmp_path_factory.mktemp("assets")
     tok = make_tokenizer(str(root / "tok"))
     torch.manual_seed(0)
-    teacher = BertForSequenceClassification(tiny_bert_config(layers=4))
+    teacher = fit_briefly(BertForSequenceClassification(tiny_bert_config(layers=4)), tok, make_examples(96, seed=1))
     student = BertForSequenceClassification(tiny_bert_config(layers=2))
     student_dropout = BertForSequenceClassification(tiny_bert_config(layers=2, dropout=0.1))
     paths = {
@@ -117,20 +135,14 @@ def read_metrics(dump_path):
 def build_distiller(assets, dump, **overrides):
     """A Distiller in this process (no run folder written), for tests of single steps."""
     from distillation.config import DistillConfig
-    from distillation.distiller import Distiller
     from distillation.distributed import DistEnv
-    from distillation.models import load_student, load_teacher, load_tokenizer
-    from distillation.objectives import build_objective
+    from distillation.pipeline import build
 
     values = {"objective": "sequence_classification", "teacher_name": assets["teacher"], "student_name": assets["student"],
               "data_file": assets["train"], "dump_path": str(dump), "group_by_size": False, "alpha_ce": 0.7,
               "alpha_task": 0.3, "max_grad_norm": 1e9, "n_epoch": 1, **overrides}
-    cfg = DistillConfig.from_dict(values)
-    tokenizer = load_tokenizer(cfg)
-    objective = build_objective(cfg, tokenizer)
-    data = objective.load_dataset(cfg.data_file, "--data_file")
-    teacher, student = load_teacher(cfg, objective), load_student(cfg, objective, data)
-    return Distiller(cfg, objective, student, teacher, tokenizer, data, None, DistEnv()), data, tokenizer
+    distiller, _ = build(DistillConfig.from_dict(values), DistEnv())
+    return distiller, distiller.train_dataset, distiller.tokenizer
 
 
 def first_step_grads(distiller):

@@ -90,7 +90,8 @@ def write_counts(path, data_file, vocab_size):
 
 
 def config(**values):
-    base = {"dump_path": "unused", "data_file": "unused", "alpha_ce": 0.0, "alpha_task": 1.0}
+    """A config for unit tests of objectives (max_seq_length 64: pipeline.build would set it from the models)."""
+    base = {"dump_path": "unused", "data_file": "unused", "alpha_ce": 0.0, "alpha_task": 1.0, "max_seq_length": 64}
     return DistillConfig.from_dict({**base, **values})
 
 

@@ -99,10 +99,10 @@ def test_accumulated_step_equals_one_big_batch_and_hand_written_loss(assets, tmp
 
 def test_teacher_stays_frozen_in_eval_mode(assets, tmp_path):
     distiller, _, _ = build_distiller(assets, tmp_path / "c", batch_size=8, gradient_accumulation_steps=1)
-    before = copy.deepcopy(distiller.teacher.state_dict())
+    before = copy.deepcopy(distiller.teacher.model.state_dict())
     first_step_grads(distiller)
-    assert not distiller.teacher.training
-    assert all(not p.requires_grad and p.grad is None for p in distiller.teacher.parameters())
-    assert all(torch.equal(before[k], v) for k, v in distiller.teacher.state_dict().items())
-    assert not any(p is q for p in distiller.teacher.parameters() for g in distiller.optimizer.param_groups for q in g["params"])
+    assert not distiller.teacher.model.training
+    assert all(not p.requires_grad and p.grad is None for p in distiller.teacher.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in distiller.teacher.model.state_dict().items())
+    assert not any(p is q for p in distiller.teacher.model.parameters() for g in distiller.optimizer.param_groups for q in g["params"])
     assert distiller.model.student.training

@@ -75,13 +75,13 @@ def test_instruction_loss_and_kl_cover_the_response_only(lm):
 
 def test_prompt_rendering_truncation_and_refusals(lm, tmp_path):
     tok = lm["tokenizer"]
-    assert render_prompt({"instruction": "x"}, tok, None) == ALPACA_PROMPT_NO_INPUT.format(instruction="x")
-    assert render_prompt({"instruction": "x", "input": "y"}, tok, None) == ALPACA_PROMPT.format(instruction="x", input="y")
+    assert render_prompt("x", "", tok, None) == ALPACA_PROMPT_NO_INPUT.format(instruction="x")
+    assert render_prompt("x", "y", tok, None) == ALPACA_PROMPT.format(instruction="x", input="y")
     chat = causal_tokenizer(str(tmp_path / "chat"))
     chat.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}"
-    assert render_prompt({"instruction": "x", "input": "y"}, chat, None) == "<user>x\n\ny<bot>"
+    assert render_prompt("x", "y", chat, None) == "<user>x\n\ny<bot>"
     with pytest.raises(InputError, match="--prompt_template"):
-        render_prompt({"instruction": "x"}, tok, "{question}")
+        render_prompt("x", "", tok, "{question}")
     # max 8 tokens: record 0's 6-token prompt keeps 2 response tokens, record 1's 3-token prompt keeps 5.
     dataset = _objective(lm, prompt_template=TEMPLATE, max_seq_length=8).load_dataset(lm["instructions"], "--data_file")
     assert dataset.lengths == [8, 8] and [dataset[i]["prompt_len"] for i in range(2)] == [6, 3]
@@ -90,7 +90,7 @@ def test_prompt_rendering_truncation_and_refusals(lm, tmp_path):
     with pytest.raises(InputError, match="no response is left"):
         _objective(lm, prompt_template=TEMPLATE, max_seq_length=3).load_dataset(lm["instructions"], "--data_file")
     bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"text": "the movie"}])
-    with pytest.raises(InputError, match="--eval_file: .* no 'instruction' field"):
+    with pytest.raises(InputError, match="--eval_file: .* line 1: no 'instruction' and 'output' fields"):
         _objective(lm).load_dataset(bad, "--eval_file")
     with pytest.raises(InputError, match="--data_file: no such file"):
         _objective(lm).load_dataset(str(tmp_path / "missing.txt"), "--data_file")

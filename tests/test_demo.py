@@ -28,7 +28,8 @@ def tiny_assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_assets")
     tokenizer = make_tokenizer(str(root / "model"))
     torch.manual_seed(0)
-    BertModel(tiny_bert_config(layers=4)).save_pretrained(str(root / "model"))
+    # 128 positions: the demo truncates tweets at 128 tokens, which a model must accept.
+    BertModel(tiny_bert_config(layers=4, positions=128)).save_pretrained(str(root / "model"))
     tokenizer.save_pretrained(str(root / "model"))
     rng = random.Random(0)
     cues = {"positive": POSITIVE, "negative": NEGATIVE, "neutral": []}

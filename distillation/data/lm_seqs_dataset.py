@@ -12,13 +12,13 @@ are cut into chunks (the start/end special tokens re-added), then sequences of l
 """
 
 import os
-import pickle
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from distillation.data.safe_pickle import load_data_pickle
 from distillation.errors import InputError
 
 PICKLE_SUFFIXES = (".pickle", ".pkl")
@@ -54,12 +54,9 @@ def load_binarized(path: str, flag: str) -> Tuple[np.ndarray, np.ndarray]:
         return _load_npy(path, flag)
     if not os.path.isfile(path):
         raise InputError(f"{flag}: no such file '{path}'")
-    not_binarized = f"{flag}: '{path}' is not a binarized dataset (a pickled list of integer arrays from scripts/binarized_data.py)"
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, TypeError):
-        raise InputError(not_binarized) from None
+    what = "a binarized dataset"
+    not_binarized = f"{flag}: '{path}' is not {what} (a pickled list of integer arrays from scripts/binarized_data.py)"
+    data = load_data_pickle(path, flag, what)
     if not isinstance(data, (list, tuple)) or not all(
         isinstance(a, np.ndarray) and a.ndim == 1 and np.issubdtype(a.dtype, np.integer) for a in data
     ):
@@ -184,7 +181,7 @@ def collate_lm(examples: List[Dict], pad_id: int, with_labels: bool) -> Dict[str
 
     Returns input_ids / attention_mask [B, S] and index [B]; with `with_labels`, also
     labels [B, S]: the input ids, -100 on padding and on the first `prompt_len` tokens of
-    examples that carry one (instruction prompts are context, not targets)."""
+    examples that carry one (instruction prompts are context, not targets), and prompt_len [B]."""
     longest = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
@@ -195,7 +192,8 @@ def collate_lm(examples: List[Dict], pad_id: int, with_labels: bool) -> Dict[str
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "index": torch.tensor([e["index"] for e in examples])}
     if with_labels:
         labels = input_ids.masked_fill(attention_mask == 0, -100)
-        for row, e in enumerate(examples):
-            labels[row, : e.get("prompt_len", 0)] = -100
-        batch["labels"] = labels
+        prompt_len = torch.tensor([e.get("prompt_len", 0) for e in examples])
+        for row, n in enumerate(prompt_len.tolist()):
+            labels[row, :n] = -100
+        batch["labels"], batch["prompt_len"] = labels, prompt_len
     return batch

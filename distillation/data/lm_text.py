@@ -32,8 +32,12 @@ ALPACA_PROMPT_NO_INPUT = (
 class TokenSequences(Dataset):
     """Items `{"input_ids": list, "prompt_len": int, "index": i}`; `lengths` for the sampler."""
 
-    def __init__(self, input_ids: List[List[int]], prompt_lens: List[int]):
+    def __init__(self, input_ids: List[List[int]], prompt_lens: List[int], unk_id: Optional[int], dropped: int = 0):
         self.input_ids, self.prompt_lens = input_ids, prompt_lens
+        self.dropped = dropped  # records left out (the run's header says how many and why)
+        # Share of the targets the tokenizer could not read (the header warns when it is high).
+        targets = [t for ids, n in zip(input_ids, prompt_lens) for t in ids[n:]]
+        self.unknown_share = sum(t == unk_id for t in targets) / max(len(targets), 1) if unk_id is not None else 0.0
         self.lengths = [len(ids) for ids in input_ids]
 
     def __len__(self):
@@ -43,9 +47,8 @@ class TokenSequences(Dataset):
         return {"input_ids": self.input_ids[i], "prompt_len": self.prompt_lens[i], "index": i}
 
 
-def render_prompt(record: dict, tokenizer, template: Optional[str]) -> str:
+def render_prompt(instruction: str, extra: str, tokenizer, template: Optional[str]) -> str:
     """The prompt text of one instruction record (everything the response follows)."""
-    instruction, extra = str(record["instruction"]), str(record.get("input") or "")
     if template is not None:
         try:
             return template.format(instruction=instruction, input=extra)
@@ -59,22 +62,25 @@ def render_prompt(record: dict, tokenizer, template: Optional[str]) -> str:
 
 def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str]) -> TokenSequences:
     """Instruction records -> prompt + response + eos ids, truncated to `max_len`; records whose
-    prompt leaves no room for a response token are dropped."""
+    prompt leaves no room for a response token are dropped. Every record needs a string
+    `instruction` and `output`; `input` may be missing, null or a string."""
     records = read_records(path, flag)
-    for field in ("instruction", "output"):
-        if field not in records[0]:
-            raise InputError(
-                f"{flag}: '{path}' has no '{field}' field (has {', '.join(map(str, records[0]))}); clm reads "
-                "instruction/input/output records, a .txt file or a binarized dataset"
-            )
+    if "instruction" not in records[0] or "output" not in records[0]:
+        raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
+                               "instruction/input/output records, a .txt file or a binarized dataset")
+    prompts, outputs = [], []
+    for i, record in enumerate(records):
+        instruction = records.column(i, "instruction", "instruction field")
+        extra = records.column(i, "input", "input field", nullable=True) if "input" in record else None
+        outputs.append(records.column(i, "output", "output field"))
+        prompts.append(render_prompt(instruction, extra or "", tokenizer, template))
     chat = template is None and bool(getattr(tokenizer, "chat_template", None))
-    prompts = [render_prompt(r, tokenizer, template) for r in records]
     # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
     # leading ones (e.g. Llama's <s>) but no trailing [SEP]-like token, which would split prompt and response.
     prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
     trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
     prompt_ids = [ids[:-1] if ids and ids[-1] in trailing and not chat else ids for ids in prompt_ids]
-    responses = tokenizer([str(r["output"]) for r in records], add_special_tokens=False)["input_ids"]
+    responses = tokenizer(outputs, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     input_ids, prompt_lens = [], []
     for prompt, response in zip(prompt_ids, responses):
@@ -84,7 +90,7 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
         prompt_lens.append(len(prompt))
     if not input_ids:
         raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
-    return TokenSequences(input_ids, prompt_lens)
+    return TokenSequences(input_ids, prompt_lens, tokenizer.unk_token_id, dropped=len(records) - len(input_ids))
 
 
 def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines: int = 10000) -> TokenSequences:
@@ -109,4 +115,4 @@ def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines:
     blocks = [b for b in blocks if len(b) >= 2]  # one token predicts nothing
     if not blocks:
         raise InputError(f"{flag}: '{path}' holds fewer than 2 tokens of text")
-    return TokenSequences(blocks, [0] * len(blocks))
+    return TokenSequences(blocks, [0] * len(blocks), tokenizer.unk_token_id)

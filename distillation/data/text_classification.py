@@ -1,7 +1,13 @@
-"""Text (or text-pair) classification data, tokenised once up front.
+"""Text (or text-pair) classification data, checked row by row and tokenised once up front.
 
 Tokenising every example once, unpadded, keeps tokenisation off the training loop; batches
 are padded to their own longest example at collate time (dynamic padding).
+
+Labels are integer ids or label names, one kind per column (digit strings, as CSV writes ids,
+are ids). Names map to ids through the fixed mapping when there is one (--label_names, else
+the teacher's named labels), else through their sorted set. Every bad row is refused with its
+line and value: a missing or null text or label, a float or boolean label, a name among ids,
+an id outside the known number of labels.
 """
 
 from typing import Dict, List, Optional
@@ -9,17 +15,18 @@ from typing import Dict, List, Optional
 import torch
 from torch.utils.data import Dataset
 
-from distillation.data.records import read_records
+from distillation.data.records import Records, read_records
 from distillation.errors import InputError
 
 
 class TextClassificationDataset(Dataset):
-    """Tokenised examples. `label2id` is None when the data's labels are integer ids."""
+    """Tokenised examples. `label2id` is None when the labels are unnamed integer ids."""
 
-    def __init__(self, encodings: Dict[str, List[List[int]]], labels: List[int], label2id: Optional[Dict[str, int]]):
+    def __init__(self, encodings: Dict[str, List[List[int]]], labels: List[int], label2id: Optional[Dict[str, int]], num_labels: int):
         self.encodings = encodings
         self.labels = labels
         self.label2id = label2id
+        self.num_labels = num_labels
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self):
@@ -31,63 +38,60 @@ class TextClassificationDataset(Dataset):
         item["index"] = i
         return item
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.label2id) if self.label2id else max(self.labels) + 1
+
+class LabelSpace:
+    """What the labels may be: a fixed name -> id mapping and/or a fixed number of labels, and
+    where that comes from (named in errors). Both None: the training data decides."""
+
+    def __init__(self, label2id: Optional[Dict[str, int]] = None, num_labels: Optional[int] = None, source: str = ""):
+        self.label2id, self.num_labels, self.source = label2id, num_labels, source
 
 
-def load_text_classification(
-    path: str,
-    flag: str,
-    tokenizer,
-    text_column: str,
-    label_column: str,
-    max_seq_length: int,
-    text_pair_column: Optional[str] = None,
-    label2id: Optional[Dict[str, int]] = None,
-) -> TextClassificationDataset:
-    """Read `path` and tokenise it. String labels are mapped through `label2id` when given
-    (the teacher's or the training set's), else through their sorted set."""
+def load_text_classification(path: str, flag: str, tokenizer, text_column: str, label_column: str, max_seq_length: int,
+                             text_pair_column: Optional[str], space: LabelSpace) -> TextClassificationDataset:
+    """Read `path`, check every row, tokenise. The labels must fit `space`."""
     records = read_records(path, flag)
-    columns = [("--text_column", text_column), ("--label_column", label_column)]
-    if text_pair_column:
-        columns.append(("--text_pair_column", text_pair_column))
-    for col_flag, col in columns:
-        if col not in records[0]:
-            raise InputError(f"{col_flag}: '{path}' has no column '{col}' (has {', '.join(map(str, records[0]))})")
-    labels, label2id = _label_ids([r[label_column] for r in records], label2id, path, flag)
-    texts = [str(r[text_column]) for r in records]
-    pairs = [str(r[text_pair_column]) for r in records] if text_pair_column else None
-    max_len = min(max_seq_length, getattr(tokenizer, "model_max_length", max_seq_length) or max_seq_length)
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_len)
+    texts = [records.column(i, text_column, "--text_column") for i in range(len(records))]
+    pairs = [records.column(i, text_pair_column, "--text_pair_column") for i in range(len(records))] if text_pair_column else None
+    labels, label2id, num_labels = _label_ids(records, label_column, space)
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_seq_length)
     keep = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return TextClassificationDataset({k: enc[k] for k in keep}, labels, label2id)
+    return TextClassificationDataset({k: enc[k] for k in keep}, labels, label2id, num_labels)
 
 
-def _label_ids(raw: list, label2id: Optional[Dict[str, int]], path: str, flag: str):
-    if label2id is None and all(_is_int(v) for v in raw):
-        labels = [int(v) for v in raw]
-        if min(labels) < 0:
-            raise InputError(f"{flag}: '{path}' has a negative label {min(labels)} (--label_column)")
-        return labels, None
-    names = [str(v) for v in raw]
-    if label2id is None:
-        label2id = {name: i for i, name in enumerate(sorted(set(names)))}
-    unknown = sorted(set(names) - set(label2id))
-    if unknown:
-        raise InputError(
-            f"{flag}: label '{unknown[0]}' of '{path}' is not among the known labels "
-            f"{sorted(label2id)} (--label_column)"
-        )
-    return [label2id[n] for n in names], label2id
+def _label_ids(records: Records, column: str, space: LabelSpace):
+    """(ids, label2id or None, num_labels) of every record's label."""
+    values, kinds = [], []
+    for i in range(len(records)):
+        value = records.column(i, column, "--label_column", kinds=(int, str))
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        kind = "an integer id" if isinstance(value, int) else "a label name"
+        if kinds and kind != kinds[0]:
+            raise records.error(i, f"label {_quote(value)} is {kind}, but the labels before it are {kinds[0].split(' ', 1)[1]}s "
+                                   f"(--label_column '{column}': use one kind in a column)")
+        kinds.append(kind)
+        if isinstance(value, int):
+            limit = space.num_labels if space.num_labels is not None else len(space.label2id or {}) or None
+            if value < 0 or (limit is not None and value >= limit):
+                known = f"the {limit} labels (0-{limit - 1}) of {space.source}" if limit else "label ids, which are >= 0"
+                raise records.error(i, f"label {value} is outside {known} (--label_column '{column}')")
+        elif space.label2id is not None and value not in space.label2id:
+            raise records.error(i, f"label {_quote(value)} is not one of the labels {sorted(space.label2id)} of {space.source} "
+                                   f"(--label_column '{column}')")
+        values.append(value)
+    if kinds[0] == "an integer id":
+        num_labels = space.num_labels or (len(space.label2id) if space.label2id else max(values) + 1)
+        return values, space.label2id, num_labels
+    label2id = space.label2id or {name: i for i, name in enumerate(sorted(set(values)))}
+    if space.num_labels is not None and len(label2id) > space.num_labels:
+        raise InputError(f"{records.flag}: '{records.path}' has {len(label2id)} label names {sorted(label2id)}, more than the "
+                         f"{space.num_labels} labels of {space.source} (--label_column '{column}')")
+    return [label2id[v] for v in values], label2id, space.num_labels or len(label2id)
 
 
-def _is_int(value) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, str) and value.strip().lstrip("-").isdigit()
+def _quote(value) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
 
 
 def collate_classification(examples: List[dict], pad_token_id: int) -> Dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ OBJECTIVES = {
 }
 
 
-def build_objective(cfg, tokenizer) -> Objective:
+def build_objective(cfg, tokenizer, teacher_config=None) -> Objective:
     if cfg.objective not in OBJECTIVES:
         raise InputError(f"--objective: '{cfg.objective}' is not available (have: {', '.join(sorted(OBJECTIVES))})")
-    return OBJECTIVES[cfg.objective](cfg, tokenizer)
+    return OBJECTIVES[cfg.objective](cfg, tokenizer, teacher_config)

@@ -32,8 +32,13 @@ class Objective(ABC):
     deterministic_inputs: bool = False
     # Why --cache_teacher_logits is refused when deterministic_inputs is False.
     cache_refusal: str = "this objective cannot cache teacher logits"
+    # The student's evaluation metrics --save_best_metric may name, and which way is better.
+    metrics: Dict[str, str] = {}
+    # The transformers pipeline() task of the saved student (named in its model card).
+    pipeline_task: Optional[str] = None
 
-    def __init__(self, cfg: DistillConfig, tokenizer):
+    def __init__(self, cfg: DistillConfig, tokenizer, teacher_config=None):
+        """`teacher_config`: the teacher's config (None without a teacher), for what it fixes (e.g. labels)."""
         self.cfg = cfg
         self.tokenizer = tokenizer
 

@@ -1,46 +1,19 @@
-"""What the mlm and clm objectives share: the sequence-length limit, row gathering, and the
-per-token statistics behind masked accuracy and perplexity.
+"""What the mlm and clm objectives share: row gathering and the per-token statistics behind
+masked accuracy and perplexity.
 
 Language-model logits are [B, S, V] with V in the tens of thousands, so rows are always
 gathered by flat index from the [B*S, V] view: never through a (B, S, V) boolean mask, which
 would copy the whole logits tensor.
 """
 
-import json
 import math
-import os
 from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
-from distillation.models import load_config
 
 IGNORE = -100
-
-
-def max_positions(values: dict) -> Optional[int]:
-    """A model config's (as a dict) longest input: BERT/Llama's max_position_embeddings,
-    GPT-2's n_positions."""
-    for key in ("max_position_embeddings", "n_positions"):
-        if isinstance(values.get(key), int):
-            return values[key]
-    return None
-
-
-def sequence_limit(cfg) -> int:
-    """--max_seq_length, lowered to what both the teacher and the student accept."""
-    limits = [cfg.max_seq_length]
-    for flag, name in (("--teacher_name", cfg.teacher_name), ("--student_name", cfg.student_name)):
-        if name:
-            limits.append(max_positions(load_config(name, flag).to_dict()))
-    if cfg.student_config and os.path.isfile(cfg.student_config):
-        try:
-            with open(cfg.student_config) as f:
-                limits.append(max_positions(json.load(f)))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # load_student reports the broken file with its own message
-    return min(n for n in limits if n)
 
 
 def flat_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -53,43 +26,53 @@ def gather_rows(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return logits.reshape(-1, logits.shape[-1]).index_select(0, positions)
 
 
-def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, prefix: str = "") -> Dict[str, torch.Tensor]:
-    """Sums over the N predicted tokens of one batch, as 1-element CPU tensors.
+def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: torch.Tensor, rows: Optional[torch.Tensor],
+                n_rows: int, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Statistics of the N predicted tokens of one batch, as CPU tensors.
 
     Args:
         logits: [N, V] gathered rows (None: no statistics, e.g. no teacher).
         targets: [N] the ids they should predict.
+        scored: [N] bool, the targets accuracy counts: not the special tokens (EOS, padding,
+            unknown) that every model predicts alike and that would swamp the accuracy.
+        rows: [N] the sequence of each target, or None; n_rows: B. With rows, whole-sequence
+            exact match: every target of the sequence (EOS included) predicted.
     Returns:
-        {prefix+"nll": sum of cross-entropy, prefix+"correct": argmax hits, prefix+"count": N}.
+        {nll, count: 1-element sums over all N; correct, scored: over the scored targets;
+        exact: [B] 1/0 per sequence with targets (only with rows)}, each key prefixed.
     """
     if logits is None:
         return {}
     nll = F.cross_entropy(logits.float(), targets, reduction="sum")
-    correct = (logits.argmax(-1) == targets).sum()
-    return {
-        f"{prefix}nll": nll.reshape(1).cpu(),
-        f"{prefix}correct": correct.reshape(1).float().cpu(),
-        f"{prefix}count": torch.tensor([float(targets.numel())]),
-    }
+    hit = logits.argmax(-1) == targets
+    stats = {"nll": nll.reshape(1), "count": torch.tensor([float(targets.numel())]),
+             "correct": (hit & scored).sum().reshape(1).float(), "scored": scored.sum().reshape(1).float()}
+    if rows is not None:
+        misses = torch.zeros(n_rows, device=targets.device).index_add_(0, rows, (~hit).float())
+        has = torch.zeros(n_rows, device=targets.device).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float))
+        stats["exact"] = (misses == 0).float()[has > 0]
+    return {prefix + k: v.cpu() for k, v in stats.items()}
 
 
-def eval_token_stats(student_logits, teacher_logits, positions, targets) -> Dict[str, torch.Tensor]:
+def eval_token_stats(student_logits, teacher_logits, positions, targets, scored, rows=None, n_rows=0) -> Dict[str, torch.Tensor]:
     """token_stats of the student (and of the teacher, prefixed `teacher_`) at `positions`."""
-    stats = token_stats(gather_rows(student_logits, positions), targets)
+    stats = token_stats(gather_rows(student_logits, positions), targets, scored, rows, n_rows)
     if teacher_logits is not None:
-        stats.update(token_stats(gather_rows(teacher_logits, positions), targets, "teacher_"))
+        stats.update(token_stats(gather_rows(teacher_logits, positions), targets, scored, rows, n_rows, "teacher_"))
     return stats
 
 
 def token_metrics(stats: Dict[str, torch.Tensor], accuracy_name: str) -> Dict[str, float]:
-    """loss (mean NLL), perplexity and accuracy, for the student and (when present) the teacher."""
+    """loss (mean NLL over every target), perplexity, accuracy (over the scored targets) and,
+    with sequences, exact_match: for the student and (when present) the teacher."""
     metrics = {}
     for prefix in ("", "teacher_"):
         if f"{prefix}count" not in stats:
             continue
-        count = max(stats[f"{prefix}count"].sum().item(), 1.0)
-        loss = stats[f"{prefix}nll"].sum().item() / count
+        loss = stats[f"{prefix}nll"].sum().item() / max(stats[f"{prefix}count"].sum().item(), 1.0)
         metrics[f"{prefix}loss"] = loss
         metrics[f"{prefix}perplexity"] = math.exp(min(loss, 700.0))  # exp overflows past ~709
-        metrics[f"{prefix}{accuracy_name}"] = stats[f"{prefix}correct"].sum().item() / count
+        metrics[f"{prefix}{accuracy_name}"] = stats[f"{prefix}correct"].sum().item() / max(stats[f"{prefix}scored"].sum().item(), 1.0)
+        if f"{prefix}exact" in stats and len(stats[f"{prefix}exact"]):
+            metrics[f"{prefix}exact_match"] = stats[f"{prefix}exact"].mean().item()
     return metrics

@@ -13,7 +13,6 @@ accuracy and perplexity, for the teacher too.
 
 import math
 import os
-import pickle
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
@@ -21,10 +20,11 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from distillation.data.lm_seqs_dataset import collate_lm, load_lm_sequences
+from distillation.data.safe_pickle import load_data_pickle
 from distillation.errors import InputError
 from distillation.losses import cross_entropy_sum
 from distillation.objectives.base import Objective
-from distillation.objectives.lm import IGNORE, eval_token_stats, flat_positions, gather_rows, sequence_limit, token_metrics
+from distillation.objectives.lm import IGNORE, eval_token_stats, flat_positions, gather_rows, token_metrics
 
 
 def mlm_token_probs(counts: torch.Tensor, smoothing: float, special_ids: Iterable[int]) -> torch.Tensor:
@@ -93,11 +93,11 @@ def load_token_counts(path: str) -> torch.Tensor:
     """The pickled list of scripts/token_counts.py as a [V] float64 tensor."""
     if not os.path.isfile(path):
         raise InputError(f"--token_counts: no such file '{path}'")
-    bad = f"--token_counts: '{path}' is not a pickled list of token counts (make it with scripts/token_counts.py)"
+    what = "a token counts pickle"
+    bad = f"--token_counts: '{path}' is not {what} (make it with scripts/token_counts.py)"
     try:
-        with open(path, "rb") as f:
-            counts = np.asarray(pickle.load(f))
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError, TypeError):
+        counts = np.asarray(load_data_pickle(path, "--token_counts", what))
+    except (ValueError, TypeError):  # ragged or mixed content
         raise InputError(bad) from None
     if counts.ndim != 1 or not len(counts) or not np.issubdtype(counts.dtype, np.number) or (counts < 0).any():
         raise InputError(bad)
@@ -109,10 +109,12 @@ class MaskedLM(Objective):
     task_loss_name = "mlm"
     auto_model_class = AutoModelForMaskedLM
     deterministic_inputs = False
+    metrics = {"loss": "min", "perplexity": "min", "masked_accuracy": "max"}
+    pipeline_task = "fill-mask"
     cache_refusal = "mlm re-masks every batch at random, so the teacher's logits differ at every step and cannot be cached"
 
-    def __init__(self, cfg, tokenizer):
-        super().__init__(cfg, tokenizer)
+    def __init__(self, cfg, tokenizer, teacher_config=None):
+        super().__init__(cfg, tokenizer, teacher_config)
         if tokenizer.mask_token_id is None:
             raise InputError("--tokenizer_name: the tokenizer has no mask token, which --objective mlm needs")
         self.token_counts = load_token_counts(cfg.token_counts)
@@ -126,7 +128,7 @@ class MaskedLM(Objective):
         self._on_device = {}
 
     def load_dataset(self, path, flag):
-        return load_lm_sequences(path, flag, self.tokenizer, sequence_limit(self.cfg))
+        return load_lm_sequences(path, flag, self.tokenizer, self.cfg.max_seq_length)
 
     def collate(self, examples):
         return collate_lm(examples, self.tokenizer.pad_token_id, with_labels=False)
@@ -174,7 +176,8 @@ class MaskedLM(Objective):
     def eval_batch(self, student_logits, teacher_logits, batch):
         positions = flat_positions(batch["labels"] != IGNORE)
         targets = batch["labels"].reshape(-1)[positions]
-        return eval_token_stats(student_logits, teacher_logits, positions, targets)
+        # Masked positions are never special tokens: every target is scored.
+        return eval_token_stats(student_logits, teacher_logits, positions, targets, torch.ones_like(targets, dtype=torch.bool))
 
     def eval_metrics(self, stats):
         return token_metrics(stats, "masked_accuracy")

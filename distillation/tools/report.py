@@ -19,6 +19,7 @@ from distillation.config import DistillConfig
 from distillation.errors import InputError
 from distillation.models import forward_inputs, load_config
 from distillation.objectives.classification import SequenceClassification
+from distillation.reporting import duration, millions
 
 WARMUP = 5  # first calls allocate buffers and pick kernels; not timed
 # Defaults of both scripts: the same batches give the same (fp32) logits, hence the same figures.
@@ -141,7 +142,7 @@ def format_report(report: dict) -> str:
         ("accuracy", _pct(s["accuracy"]), t and _pct(t["accuracy"]), t and f"{_pct(report['accuracy_retained'])} kept"),
         ("macro-F1", _pct(s["macro_f1"]), t and _pct(t["macro_f1"]), t and f"{_pct(s['macro_f1'] / t['macro_f1'])} kept"),
         ("layers", str(s["layers"]), t and str(t["layers"]), None),
-        ("parameters", _millions(s["parameters"]), t and _millions(t["parameters"]),
+        ("parameters", millions(s["parameters"]), t and millions(t["parameters"]),
          t and f"{s['parameters'] / t['parameters']:.2f}x"),
         (f"latency, ms/example (CPU, batch 1, {lat['threads']} thread{'s' if lat['threads'] > 1 else ''})", f"{s['latency_ms']:.2f}",
          t and f"{t['latency_ms']:.2f}", t and f"{report['speedup']:.2f}x faster"),
@@ -163,18 +164,10 @@ def format_report(report: dict) -> str:
     )
     if report.get("stages"):
         lines += ["", "| stage | wall time |", "|---|---:|"]
-        lines += [f"| {name} | {_duration(sec)} |" for name, sec in report["stages"].items()]
-        lines.append(f"| **total** | **{_duration(report['total_s'])}** |")
+        lines += [f"| {name} | {duration(sec)} |" for name, sec in report["stages"].items()]
+        lines.append(f"| **total** | **{duration(report['total_s'])}** |")
     return "\n".join(lines)
 
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"

@@ -1,0 +1,133 @@
+"""scripts/train.py's options: the parser built from DistillConfig's fields, `--help` with every
+real default, and the `--config` JSON file checked against the same fields and types.
+
+The command line and the JSON file take the same names. What was not given stays None, so
+that DistillConfig.resolve() can tell a default from a choice.
+"""
+
+import argparse
+import json
+import typing
+from dataclasses import fields
+
+from distillation.cli import ArgumentParser
+from distillation.errors import InputError
+
+SECTIONS = {
+    "run": "run", "data": "data", "models": "models", "losses": "losses (loss = alpha_ce·KL + alpha_task·task + alpha_mse·logit MSE "
+    "+ alpha_hidden_mse·hidden MSE + alpha_cos·hidden cosine)", "mlm": "masked language modelling",
+    "optimisation": "optimisation", "reporting": "reporting, evaluation, saving, processes",
+}
+USAGE = """python scripts/train.py [--config FILE.json] [--flag value ...]
+
+Distil a teacher into a student (or, without --teacher_name, train it on the labels). The flags of
+the reference distiller keep their meaning (README, "Reference flags"); defaults that differ by
+objective are listed as such. Bad input: one line on stderr, exit code 2, nothing written."""
+
+
+def parse_train_args(argv=None):
+    """(values, source): the `--config` file's values with the given flags on top."""
+    from distillation.config import DistillConfig, read_json_object
+
+    args = build_parser(DistillConfig).parse_args(argv)
+    values, source = {}, "arguments"
+    if args.config:
+        values = read_json_object(args.config, "--config")
+        source = f"--config {args.config}"
+        check_types(DistillConfig, values, source)
+    values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    return values, source
+
+
+def check_types(cls, values: dict, source: str) -> None:
+    """Refuse keys that are not options and values of the wrong JSON type (a string "false" for
+    a flag would otherwise be true)."""
+    known = {f.name: f for f in fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise InputError(f"{source}: unknown option '{key}'")
+        f = known[key]
+        kind, optional = _base_type(f.type)
+        ok = (value is None and optional) or (
+            isinstance(value, bool) if kind is bool else
+            isinstance(value, int) and not isinstance(value, bool) if kind is int else
+            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+            isinstance(value, str)
+        )
+        if not ok:
+            raise InputError(f"{source}: '{key}' must be {_TYPE_NAMES[kind]}{' or null' if optional else ''} (got {json.dumps(value)})")
+        if "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:
+            raise InputError(f"{source}: '{key}' must be one of {', '.join(f.metadata['choices'])} (got {json.dumps(value)})")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _base_type(annotation):
+    """(int|float|str|bool, optional?) of a field's annotation."""
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
+def default_text(f) -> str:
+    """What --help prints as a field's default."""
+    from distillation.config import OBJECTIVE_DEFAULTS, OBJECTIVE_NAMES
+
+    if "shown" in f.metadata:
+        return f.metadata["shown"]
+    if f.name in OBJECTIVE_DEFAULTS:
+        values = OBJECTIVE_DEFAULTS[f.name]
+        text = _show(values[0]) if len(set(values)) == 1 else ", ".join(f"{_show(v)} for {n}" for n, v in zip(OBJECTIVE_NAMES, values))
+        return text + (f"; {f.metadata['also']}" if "also" in f.metadata else "")
+    return _show(f.default)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _GroupBySize(argparse.Action):
+    """`--group_by_size {true,false}` and `--no-group_by_size`; the bare flag is refused because
+    the reference's bare `--group_by_size` (store_false) turned grouping off."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs="?", metavar="{true,false}", **kw)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-"):
+            setattr(namespace, self.dest, False)
+        elif value is None:
+            raise InputError(
+                "--group_by_size: in the reference this bare flag turned length grouping OFF; here grouping is on by "
+                "default: write --no-group_by_size to turn it off (or --group_by_size true)"
+            )
+        elif value.lower() in ("true", "false"):
+            setattr(namespace, self.dest, value.lower() == "true")
+        else:
+            raise InputError(f"--group_by_size: expected true or false (got '{value}')")
+
+
+def build_parser(cls) -> argparse.ArgumentParser:
+    parser = ArgumentParser(usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="JSON file of options (the same names as the flags); flags given here override it.")
+    groups = {key: parser.add_argument_group(title) for key, title in SECTIONS.items()}
+    for f in fields(cls):
+        help_text = f"{f.metadata['help']} (default: {default_text(f)})".replace("%", "%%")
+        kind, _ = _base_type(f.type)
+        names = [f"--{f.name}"] + (["--local-rank"] if f.name == "local_rank" else [])
+        kw = {"help": help_text, "default": None, "dest": f.name}
+        if f.name == "group_by_size":
+            names.append("--no-group_by_size")
+            kw["action"] = _GroupBySize
+        elif kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+        groups[f.metadata["section"]].add_argument(*names, **kw)
+    return parser

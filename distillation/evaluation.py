@@ -1,0 +1,39 @@
+"""Evaluation of the student (and the teacher) on the held-out set, sharded over processes.
+
+Batches are the examples sorted by length (little padding), dealt round-robin to the ranks:
+every example is scored by exactly one process, and the per-example statistics of all ranks
+are gathered before the objective turns them into metrics, so 1 and N processes report the
+same numbers. Random inputs (MLM's masks) come from a generator seeded identically at every
+evaluation, so successive evaluations score the same inputs.
+"""
+
+import torch
+from torch.utils.data import DataLoader
+
+from distillation.distributed import all_gather_objects
+
+
+@torch.no_grad()
+def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast, seed: int) -> dict:
+    """`eval_*` metrics of `model` (a StudentWithProjection) and of `teacher` (a Teacher)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = batches[env.rank :: env.world_size]  # disjoint shards: nothing counted twice
+    generator = torch.Generator(env.device).manual_seed(seed)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=objective.collate)
+    stats = {}
+    for batch in loader:
+        batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
+        with autocast():
+            inputs = {k: v for k, v in objective.model_inputs(batch).items() if k in model.accepted}
+            s_logits = model.student(**inputs).logits
+            t_logits, _ = teacher.outputs(batch, split="eval")
+        for k, v in objective.eval_batch(s_logits.float(), None if t_logits is None else t_logits.float(), batch).items():
+            stats.setdefault(k, []).append(v)
+    local = {k: torch.cat(v) for k, v in stats.items()}
+    gathered = all_gather_objects(local, env)
+    merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in set().union(*gathered)}
+    model.train(was_training)
+    return {f"eval_{k}": v for k, v in objective.eval_metrics(merged).items()}

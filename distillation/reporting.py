@@ -1,0 +1,173 @@
+"""Where a run reports: the console (what it is about to do, one line per evaluation, a final
+summary), metrics.jsonl (one JSON object per event) and TensorBoard scalars.
+
+Only the main process writes; on other ranks every call is a no-op. The files are appended
+to, so a resumed run continues them. Console lines go through tqdm.write, above the bar.
+"""
+
+import json
+import os
+import resource
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+
+class RunLog:
+    def __init__(self, dump_path: str, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(dump_path, "log", "train"))
+            self.metrics = open(os.path.join(dump_path, "metrics.jsonl"), "a")
+
+    def say(self, *lines: str) -> None:
+        """Print to stdout, above the progress bar."""
+        if self.enabled:
+            for line in lines:
+                tqdm.write(line)
+
+    def write(self, record: dict, group: str) -> None:
+        """Append `record` to metrics.jsonl and plot its numbers under `group/` at its step."""
+        if not self.enabled:
+            return
+        self.metrics.write(json.dumps(record) + "\n")
+        self.metrics.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{group}/{key}", value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.metrics.close()
+            self.writer.close()
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Window:
+    """Loss terms and throughput accumulated since the last metrics line."""
+
+    def __init__(self):
+        self.last_loss = float("nan")
+        self._reset()
+
+    def _reset(self):
+        self.sums, self.steps, self.start = {}, 0, time.time()
+
+    def add(self, values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.last_loss = values["loss"]
+
+    def examples_per_s(self):
+        return self.sums.get("examples", 0) / max(time.time() - self.start, 1e-9)
+
+    def flush(self):
+        if not self.steps:
+            return None
+        record = {k: v / self.steps for k, v in self.sums.items() if k not in ("examples", "tokens")}
+        record.update(examples=self.sums["examples"], tokens=self.sums["tokens"], seconds=time.time() - self.start)
+        self._reset()
+        return record
+
+
+# --- console lines -----------------------------------------------------------------------------
+HIDDEN = ("examples", "predicted_classes")  # in metrics.jsonl, not on the console line
+
+
+def eval_line(step: int, epoch: float, metrics: dict, improved: bool = False) -> str:
+    """`eval step 94 (epoch 1.00) | student loss 0.65 accuracy 0.7210 | teacher ... | agreement 0.9050`."""
+    student = {k[5:]: v for k, v in metrics.items() if not k.startswith("eval_teacher_")}
+    teacher = {k[13:]: v for k, v in metrics.items() if k.startswith("eval_teacher_") and k != "eval_teacher_agreement"}
+    parts = [f"eval step {step} (epoch {epoch:.2f})", "student " + _numbers(student)]
+    if teacher:
+        parts.append("teacher " + _numbers(teacher))
+    if "eval_teacher_agreement" in metrics:
+        parts.append(f"agreement {metrics['eval_teacher_agreement']:.4f}")
+    line = " | ".join(parts) + (" (best so far)" if improved else "")
+    if student.get("predicted_classes") == 1:
+        line += "\n  warning: the student predicts one class for every evaluation example; check --learning_rate and the labels"
+    return line
+
+
+def _numbers(values: dict) -> str:
+    return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items() if k not in HIDDEN)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def millions(n) -> str:
+    """12.3M, or 45.6k below 100k."""
+    return "?" if n is None else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def run_header(d, fresh_weights) -> list:
+    """What the run is about to do (d: the Distiller), defaults that were not given included."""
+    cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
+    teacher = f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters)" if cfg.teacher_name else "no teacher"
+    student = f"student {cfg.student_name or cfg.student_config} ({millions(sum(p.numel() for p in d.model.student.parameters()))})"
+    evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size
+    lines = [
+        f"{cfg.objective}: {teacher} -> {student}",
+        f"data: {len(d.train_dataset):,} training examples ({cfg.data_file}), {evaluation}; max_seq_length {cfg.max_seq_length}",
+        f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
+        f"accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
+        f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
+        f"clip {cfg.max_grad_norm:g}; {cfg.precision}" + ("; teacher logits cached after the first epoch" if cfg.cache_teacher_logits else ""),
+    ]
+    for name, data in (("--data_file", d.train_dataset), ("--eval_file", d.eval_dataset)):
+        if getattr(data, "dropped", 0):
+            lines.append(f"{name}: {data.dropped} record(s) left out: their prompt fills --max_seq_length {cfg.max_seq_length}")
+        if getattr(data, "unknown_share", 0) > 0.01:
+            lines.append(f"warning: {100 * data.unknown_share:.1f}% of the {name} targets are the unknown token: the tokenizer "
+                         "does not know this text (is --tokenizer_name the right one?)")
+    if getattr(cfg, "defaulted", None):
+        lines.append(f"defaults of {cfg.objective} used: " + ", ".join(f"{n} {_show(getattr(cfg, n))}" for n in cfg.defaulted))
+    if fresh_weights:
+        lines.append(f"student weights initialised at random: {', '.join(fresh_weights[:6])}{' ...' if len(fresh_weights) > 6 else ''}")
+    return lines
+
+
+def loss_formula(cfg, objective) -> str:
+    """`0.5·KL(T=2) + 0.5·CE(task)`: the run's loss terms with their weights."""
+    terms = ((f"KL(T={cfg.temperature:g})", cfg.alpha_ce), (f"CE({objective.task_loss_name})", cfg.alpha_task),
+             ("logit MSE", cfg.alpha_mse), (f"hidden MSE ({cfg.layer_map})", cfg.alpha_hidden_mse),
+             (f"hidden cosine ({cfg.layer_map})", cfg.alpha_cos))
+    return " + ".join(f"{alpha:g}·{name}" for name, alpha in terms if alpha > 0)
+
+
+def run_summary(d, summary) -> list:
+    """The end of a run: where the model is, last (and best) evaluation, time and speed."""
+    speed = f", {summary['examples_per_s']:.1f} examples/s" if summary["examples_per_s"] else ""
+    how = "interrupted" if summary["interrupted"] else "stopped early" if summary["stopped_early"] else "done"
+    lines = [f"{how}: step {summary['step']} (epoch {summary['epoch']:.2f}) in {duration(summary['wall_time_s'])}{speed}"]
+    if d.last_eval:
+        lines.append(f"last eval (step {d.last_eval_step}): " + _numbers({k[5:]: v for k, v in d.last_eval.items()
+                                                                          if not k.startswith("eval_teacher_")}))
+    if summary["best"]:
+        best = summary["best"]
+        lines.append(f"best {best['metric']} {best['value']:.4g} at step {best['step']}: {best['folder']}")
+    if summary["final"]:
+        lines.append(f"student: {summary['final']} (from_pretrained / pipeline); metrics: "
+                     f"{os.path.join(d.cfg.dump_path, 'metrics.jsonl')}, summary.json")
+    else:
+        lines.append(f"checkpoint: {os.path.join(d.cfg.dump_path, 'checkpoint')} (continue with --resume)")
+    return lines
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
