@@ -98,6 +98,8 @@ def assets(tmp_path_factory):
         "student": save_model(student, tok, str(root / "student")),
         "student_dropout": save_model(student_dropout, tok, str(root / "student_dropout")),
         "student_narrow": save_model(BertForSequenceClassification(tiny_bert_config(layers=2, hidden=16)), tok, str(root / "narrow")),
+        "student_narrow_dropout": save_model(BertForSequenceClassification(tiny_bert_config(layers=2, hidden=16, dropout=0.1)), tok,
+                                             str(root / "narrow_dropout")),
         "train": write_jsonl(str(root / "train.jsonl"), make_examples(96, seed=1)),
         "test": write_jsonl(str(root / "test.jsonl"), make_examples(40, seed=2)),
         "root": str(root),

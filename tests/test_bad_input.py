@@ -101,3 +101,115 @@ def test_exit_code_two_from_the_command_line(assets, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --objective")
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+# --- every bad row is refused wherever it is: first row or last, with its line and value ------------
+def _set(key, value):
+    def change(row):
+        row[key] = value
+        return json.dumps(row)
+    return change
+
+
+def _drop(key):
+    def change(row):
+        del row[key]
+        return json.dumps(row)
+    return change
+
+
+BAD_ROWS = {
+    "missing label": (_drop("label"), "no column 'label'"),
+    "float label": (_set("label", 1.5), "'label' is 1.5, not an integer or a string"),
+    "name among ids": (_set("label", "positive"), "label 'positive' is a label name, but the column holds integer ids"),
+    "boolean label": (_set("label", True), "'label' is true, not an integer or a string"),
+    "null label": (_set("label", None), "'label' is null"),
+    "negative label": (_set("label", -1), "label -1 is outside the 2 labels"),
+    "label beyond the teacher's": (_set("label", 5), "label 5 is outside the 2 labels (0-1) of the teacher"),
+    "null text": (_set("text", None), "--text_column 'text' is null, not a string"),
+    "number as text": (_set("text", 42), "--text_column 'text' is 42, not a string"),
+    "missing text": (_drop("text"), "no column 'text'"),
+    "broken JSON": (lambda row: json.dumps(row)[:-3], "not valid JSON"),
+    "not an object": (lambda row: json.dumps([row["text"]]), "not a JSON object"),
+    "NaN label": (lambda row: json.dumps(row).replace(f'"label": {row["label"]}', '"label": NaN'), "NaN is not a JSON value"),
+}
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_a_bad_row_is_refused_with_its_line_wherever_it_is(assets, tmp_path, capsys, kind, position):
+    change, expect = BAD_ROWS[kind]
+    rows = make_examples(20, seed=3)
+    index = 0 if position == "first" else len(rows) - 1
+    lines = [json.dumps(r) for r in rows]
+    lines[index] = change(dict(rows[index]))
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    for flag in ("--data_file", "--eval_file"):
+        line = _fails(_replace(train_args(assets, tmp_path / "run"), flag, str(data)), capsys, expect)
+        assert line.startswith(f"error: {flag}: '{data}' line {index + 1}: "), line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_a_short_csv_row_is_refused_with_its_line(assets, tmp_path, capsys, position):
+    rows = [f"{r['text']},{r['label']}" for r in make_examples(10, seed=4)]
+    rows[0 if position == "first" else -1] = "only a text"
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    line = _fails(_replace(train_args(assets, tmp_path / "run"), "--data_file", str(data)), capsys, "1 fields, the header has 2")
+    assert f"line {2 if position == 'first' else 11}:" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--max_seq_length", "100000"], "--max_seq_length 100000: the teacher accepts at most 64 tokens"),
+    (["--gradient_accumulation_steps", "7"], "--gradient_accumulation_steps 7: an epoch of --data_file has 6 micro-batches"),
+    (["--label_names", "negative,positive,neutral"], "--label_names: 3 names, but the teacher predicts 2 labels"),
+    (["--label_names", "a,a"], "--label_names: give each name once"),
+    (["--save_best_metric", "eval_bleu"], "--save_best_metric: sequence_classification has no metric 'eval_bleu'"),
+    (["--n_gpu", "1"], "--n_gpu 1: no CUDA device is visible"),
+    (["--teacher_type", "gpt2"], "--teacher_type gpt2: the teacher is a 'bert' model"),
+    (["--validation_split", "0.999"], "--validation_split 0.999: holding out 96 of the 96 examples"),
+])
+def test_bad_flags_are_refused_before_anything_is_written(assets, tmp_path, capsys, extra, expect):
+    args = train_args(assets, tmp_path / "run") + extra
+    if "--validation_split" in extra:
+        del args[args.index("--eval_file") : args.index("--eval_file") + 2]
+    _fails(args, capsys, expect)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_teacher_without_a_trained_head_is_refused(assets, tmp_path, capsys):
+    """A bare encoder loaded for classification gets a random head: its soft targets are noise."""
+    from transformers import BertModel
+
+    from conftest import make_tokenizer
+
+    bare = save_model(BertModel(tiny_bert_config(layers=2)), make_tokenizer(str(tmp_path / "t")), str(tmp_path / "bare"))
+    _fails(_replace(train_args(assets, tmp_path / "run"), "--teacher_name", bare), capsys,
+           f"--teacher_name: '{bare}' has no trained weights for classifier.bias, classifier.weight")
+    assert not (tmp_path / "run").exists()
+
+
+def test_student_pretrained_weights_must_hold_every_tensor(assets, tmp_path, capsys):
+    import torch
+
+    from transformers import BertForSequenceClassification
+
+    config = tiny_bert_config(layers=2)
+    config_file = tmp_path / "student.json"
+    config_file.write_text(json.dumps({"model_type": "bert", **config.to_diff_dict()}))
+    state = BertForSequenceClassification(config).state_dict()
+    partial = {k: v for k, v in state.items() if "layer.1." not in k}
+    torch.save(partial, tmp_path / "partial.pth")
+    torch.save(state, tmp_path / "full.pth")
+    args = train_args(assets, tmp_path / "run", "--student_pretrained_weights", tmp_path / "partial.pth", "--max_steps", 1)
+    args[args.index("--student_name") : args.index("--student_name") + 2] = ["--student_config", str(config_file)]
+    _fails(args, capsys, "lacks 16 of the student's tensors (bert.encoder.layer.1.")
+    assert not (tmp_path / "run").exists()
+    args[args.index("--student_pretrained_weights") + 1] = str(tmp_path / "full.pth")
+    assert train_in_process(args) == 0
+    trained = BertForSequenceClassification.from_pretrained(tmp_path / "run" / "final").state_dict()
+    # loaded, then trained one step: close to the file's weights, far from a fresh init
+    assert torch.allclose(trained["bert.encoder.layer.1.output.dense.weight"], state["bert.encoder.layer.1.output.dense.weight"], atol=1e-3)

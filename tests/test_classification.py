@@ -3,6 +3,7 @@
 import copy
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -43,6 +44,25 @@ def test_cli_run_leaves_a_complete_run_folder(assets, tmp_path):
     assert model.config.num_labels == 2
     clf = pipeline("text-classification", model=str(dump / "final"))
     assert clf("good fun movie")[0]["label"] in model.config.id2label.values()
+
+
+def test_eval_metrics_against_hand_computation():
+    """Accuracy, macro-F1 and eval loss from a confusion worked out by hand (not by our report code)."""
+    from distillation.objectives.classification import SequenceClassification, macro_f1
+
+    label = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2, 2])
+    # class 0: tp 1, fp 1, fn 1 -> F1 2/4; class 1: tp 2, fp 1, fn 0 -> 4/5; class 2: tp 2, fp 0, fn 1 -> 4/5
+    assert macro_f1(pred, label) == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+    # a class only predicted counts with F1 0: class 0 tp 1, fn 1 -> 2/3; class 3 fp 1 -> 0
+    assert macro_f1(torch.tensor([0, 3]), torch.tensor([0, 0])) == pytest.approx(1 / 3)
+    logits = torch.full((7, 3), -2.0)
+    logits[torch.arange(7), pred] = 1.0
+    objective = SequenceClassification.__new__(SequenceClassification)
+    metrics = objective.eval_metrics(objective.eval_batch(logits, None, {"labels": label}))
+    right = math.log(1 + 2 * math.exp(-3))  # -log softmax of the 1.0 logit among two -2.0 ones
+    assert metrics["accuracy"] == pytest.approx(5 / 7) and metrics["examples"] == 7
+    assert metrics["loss"] == pytest.approx((5 * right + 2 * (1.0 - (-2.0) + right)) / 7, rel=1e-5)
 
 
 def test_distilbert_student_from_config_under_bert_teacher(assets, tmp_path):

@@ -1,5 +1,6 @@
-"""The speed levers change speed only: cached teacher logits give the losses of recomputing
-the teacher, and bf16 autocast trains on CPU."""
+"""The speed levers change speed only: cached teacher logits are each example's own and give the
+losses of recomputing the teacher; bf16 and fp16 (with its GradScaler) train on the CPU;
+--compile and --num_workers give the plain run's losses; the --freeze_* flags freeze."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import make_examples, read_metrics, train_args, write_jsonl
+from conftest import build_distiller, make_examples, read_metrics, train_args, write_jsonl
 from distillation.config import DistillConfig
 from distillation.pipeline import run
 
@@ -20,7 +21,7 @@ def test_cached_teacher_logits_give_the_losses_of_recomputing(assets, tmp_path):
     # Without length grouping batches are reshuffled per epoch, so epoch 2 reads cached rows
     # in a different batch composition than the one that filled the cache.
     common = ("--n_epoch", "2", "--no-group_by_size", "--alpha_ce", "0.5", "--alpha_task", "0.5")
-    _run(assets, tmp_path / "fresh", *common)
+    _run(assets, tmp_path / "fresh", *common, "--no-cache_teacher_logits")  # the cache is on by default
     _run(assets, tmp_path / "cached", *common, "--cache_teacher_logits")
     fresh = [r for r in read_metrics(tmp_path / "fresh") if "loss" in r]
     cached = [r for r in read_metrics(tmp_path / "cached") if "loss" in r]
@@ -53,3 +54,58 @@ def test_bf16_trains_on_cpu(assets, tmp_path):
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2
+
+
+def test_cached_teacher_logits_are_each_examples_own(assets, tmp_path):
+    """The cache is filled by the shuffled training batches and read back per example: each row
+    must be that example's own logits (the test teacher's logits differ from example to example)."""
+    distiller, data, _ = build_distiller(assets, tmp_path, batch_size=8, gradient_accumulation_steps=1, cache_teacher_logits=True)
+    teacher, collate = distiller.teacher, distiller.objective.collate
+    for ids in distiller._batches(epoch=0):
+        teacher.outputs(collate([data[i] for i in ids]))
+    cached = torch.cat([teacher.outputs(collate([data[i]]))[0] for i in range(len(data))])
+    with torch.no_grad():
+        own = torch.cat([teacher.model(**{k: v for k, v in collate([data[i]]).items() if k in ("input_ids", "attention_mask",
+                                                                                               "token_type_ids")}).logits
+                         for i in range(len(data))])
+    assert own.std(0).min() > 0.5  # a sensitive teacher: swapped rows could not pass
+    assert torch.allclose(cached, own, atol=1e-5)
+
+
+def test_fp16_trains_with_a_grad_scaler(assets, tmp_path):
+    """fp16 autocast + GradScaler on the CPU: the loss falls as in fp32, the scaler's state is in
+    the checkpoint, the master weights stay fp32."""
+    train = write_jsonl(str(tmp_path / "small.jsonl"), make_examples(16, seed=3))
+    losses = {}
+    for precision in ("fp32", "fp16"):
+        run(DistillConfig.from_cli([
+            "--student_name", assets["student"], "--data_file", train, "--dump_path", str(tmp_path / precision),
+            "--batch_size", "16", "--max_steps", "20", "--learning_rate", "1e-2", "--warmup_prop", "0",
+            "--alpha_task", "1", "--log_interval", "1", "--precision", precision,
+        ]))
+        losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision) if "loss" in r]
+    assert losses["fp16"][-1] < 0.2 * losses["fp16"][0]
+    assert losses["fp16"][-1] == pytest.approx(losses["fp32"][-1], abs=0.02) and losses["fp16"] != losses["fp32"]
+    scaler = torch.load(tmp_path / "fp16" / "checkpoint" / "state.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler  # an enabled GradScaler saves its state
+    weights = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fp16" / "final").state_dict()
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("lever", [["--compile"], ["--num_workers", "2"]], ids=["compile", "num_workers"])
+def test_speed_levers_give_the_losses_of_the_plain_run(assets, tmp_path, lever):
+    common = ("--max_steps", "3", "--batch_size", "8", "--no-group_by_size", "--alpha_ce", "0.5", "--alpha_task", "0.5")
+    _run(assets, tmp_path / "plain", *common)
+    _run(assets, tmp_path / "lever", *common, *lever)
+    plain = [r["loss"] for r in read_metrics(tmp_path / "plain") if "loss" in r]
+    lever = [r["loss"] for r in read_metrics(tmp_path / "lever") if "loss" in r]
+    assert len(plain) == 3 and lever == pytest.approx(plain, rel=1e-4)
+
+
+def test_freeze_flags_keep_those_embeddings_and_train_the_rest(assets, tmp_path):
+    _run(assets, tmp_path / "run", "--freeze_pos_embs", "--freeze_token_type_embds", "--max_steps", "3", "--weight_decay", "0.1")
+    before = AutoModelForSequenceClassification.from_pretrained(assets["student"]).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "final").state_dict()
+    frozen = [k for k in before if "position_embeddings" in k or "token_type_embeddings" in k]
+    assert len(frozen) == 2 and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])

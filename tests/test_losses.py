@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from distillation.losses import cross_entropy_sum, hidden_cosine, hidden_mse, soft_target_kl
+from distillation.losses import cross_entropy_sum, hidden_cosine, hidden_mse, logits_mse, soft_target_kl
 
 
 def _softmax(row):
@@ -30,6 +30,15 @@ def test_kl_is_fp32_under_bf16_inputs_and_zero_for_equal_logits():
     s = torch.randn(4, 3).bfloat16()
     assert soft_target_kl(s, s, 1.0).dtype == torch.float32
     assert abs(soft_target_kl(s, s, 3.0).item()) < 1e-6
+
+
+def test_logits_mse_is_the_references_alpha_mse_term():
+    """The reference: MSELoss(reduction="sum")(s, t) / rows, on the raw logits of the distilled rows."""
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5), torch.randn(6, 5) * 2
+    by_hand = sum((a - b) ** 2 for srow, trow in zip(s.tolist(), t.tolist()) for a, b in zip(srow, trow))
+    assert math.isclose(logits_mse(s, t).item(), by_hand, rel_tol=1e-5)
+    assert math.isclose(logits_mse(s, t).item() / 6, (torch.nn.MSELoss(reduction="sum")(s, t) / 6).item(), rel_tol=1e-6)
 
 
 def test_cross_entropy_sum_skips_ignored_rows():

@@ -151,6 +151,31 @@ def test_mlm_distillation_lowers_heldout_loss(lm):
     assert after < before - 0.3, (before, after)
 
 
+def test_the_reference_readme_command_trains_with_its_mlm_term(lm, tmp_path, capsys):
+    """The reference README's DistilBERT command, scaled down: its --alpha_clm 0.0 (which the
+    reference required with --mlm) must leave the MLM loss at weight 2."""
+    teacher = save_model(BertForMaskedLM(tiny_bert_config(layers=2)), lm["tokenizer"], str(tmp_path / "bert"))
+    student = tmp_path / "distilbert.json"
+    student.write_text(json.dumps({"vocab_size": len(VOCAB), "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64,
+                                   "max_position_embeddings": 64}))
+    dump = tmp_path / "run"
+    command = ["--student_type", "distilbert", "--student_config", student, "--teacher_type", "bert", "--teacher_name", teacher,
+               "--mlm", "--alpha_ce", "5.0", "--alpha_mlm", "2.0", "--alpha_cos", "1.0", "--alpha_clm", "0.0",
+               "--initializer_range", "0.02", "--token_counts", lm["counts"], "--data_file", lm["train"], "--dump_path", dump,
+               "--force", "--n_epoch", "1", "--batch_size", "8", "--gradient_accumulation_steps", "2", "--log_interval", "2"]
+    code, err = call_script(capsys, "train.py", *command)
+    assert code == 0, err
+    params = json.load(open(dump / "parameters.json"))
+    assert (params["objective"], params["alpha_mlm"], params["alpha_clm"], params["alpha_task"]) == ("mlm", 2.0, 0.0, 2.0)
+    lines = [r for r in read_metrics(dump) if "loss" in r]
+    assert len(lines) == 10  # 20 micro-batches, a line every 2 of them (the reference counts iterations)
+    for r in lines:
+        assert r["loss_mlm"] > 0.5
+        assert r["loss"] == pytest.approx(5 * r["loss_ce"] + 2 * r["loss_mlm"] + r["loss_cos"], rel=1e-6)
+    code, err = call_script(capsys, "train.py", *[str(a) for a in command], "--alpha_clm", "1")
+    assert code == 2 and len(err) == 1 and "--alpha_clm 1.0 weighs the CLM loss, which --objective mlm does not have" in err[0]
+
+
 def _args(lm, student, dump, **overrides):
     values = {"--objective": "mlm", "--student_config": str(student), "--tokenizer_name": lm["tok"], "--data_file": lm["train"],
               "--token_counts": lm["counts"], "--dump_path": str(dump), "--alpha_ce": "0", "--alpha_task": "1", **overrides}

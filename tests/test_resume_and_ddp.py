@@ -18,11 +18,16 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-def _resume_args(assets, dump, max_steps, accumulation=2):
-    """24 optimizer steps per epoch (with accumulation 1 on 2 ranks too): a checkpoint at 8 is mid-epoch."""
-    args = train_args(assets, dump, "--max_steps", max_steps, "--checkpoint_interval", 8, "--log_interval", 1,
-                      "--batch_size", 2, "--gradient_accumulation_steps", accumulation, "--eval_interval", 10)
-    args[args.index("--student_name") + 1] = assets["student_dropout"]  # dropout: RNG restore matters
+def _resume_args(assets, dump, max_steps, accumulation=2, hidden=False):
+    """24 optimizer steps per epoch (with accumulation 1 on 2 ranks too): a checkpoint every 8
+    steps (intervals count micro-batches, as the reference's) is mid-epoch. `hidden`: a narrower
+    student with hidden-state losses, so the projection and its optimizer state must resume too."""
+    args = train_args(assets, dump, "--max_steps", max_steps, "--checkpoint_interval", 8 * accumulation, "--log_interval", 1,
+                      "--batch_size", 2, "--gradient_accumulation_steps", accumulation, "--eval_interval", 10 * accumulation)
+    # dropout: the RNG restore matters; narrow: a projection between widths
+    args[args.index("--student_name") + 1] = assets["student_narrow_dropout" if hidden else "student_dropout"]
+    if hidden:
+        args += ["--alpha_hidden_mse", "1", "--alpha_cos", "1", "--layer_map", "uniform"]
     return args
 
 
@@ -51,19 +56,23 @@ def _assert_identical(a, b):
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.mark.parametrize("launcher,accumulation", [([sys.executable], 2), (TORCHRUN, 1)], ids=["1-process", "2-process"])
-def test_sigkill_then_resume_is_bit_identical(assets, tmp_path, launcher, accumulation):
+@pytest.mark.parametrize("launcher,accumulation,hidden", [([sys.executable], 2, False), (TORCHRUN, 1, False), ([sys.executable], 2, True)],
+                         ids=["1-process", "2-process", "1-process-projection"])
+def test_sigkill_then_resume_is_bit_identical(assets, tmp_path, launcher, accumulation, hidden):
     steps = 40
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    proc = run_train(_resume_args(assets, unbroken, steps, accumulation), launcher=launcher)
+    proc = run_train(_resume_args(assets, unbroken, steps, accumulation, hidden), launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed_at = _kill_after_step(launcher + [TRAIN] + _resume_args(assets, broken, steps, accumulation), str(broken), 10)
+    killed_at = _kill_after_step(launcher + [TRAIN] + _resume_args(assets, broken, steps, accumulation, hidden), str(broken), 10)
     assert killed_at < steps and not (broken / "final").exists()
     state = torch.load(broken / "checkpoint" / "state.pt", weights_only=True)
     assert state["progress"]["step"] % 8 == 0 and 8 <= state["progress"]["step"] <= killed_at
-    proc = run_train(_resume_args(assets, broken, steps, accumulation) + ["--resume"], launcher=launcher)
+    proc = run_train(_resume_args(assets, broken, steps, accumulation, hidden) + ["--resume"], launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_identical(unbroken, broken)
+    if hidden:
+        a, b = (load_file(os.path.join(d, "final", "projection.safetensors")) for d in (unbroken, broken))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the loss trajectory after the checkpoint is the unbroken one, step for step
     after = {r["step"]: r["loss"] for r in read_metrics(broken) if "loss" in r and r["step"] > state["progress"]["step"]}
     ref = {r["step"]: r["loss"] for r in read_metrics(unbroken) if "loss" in r}
@@ -85,7 +94,10 @@ def test_two_processes_match_one_with_the_same_global_batch(assets, tmp_path):
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
     e1 = [r for r in read_metrics(tmp_path / "one") if "eval_accuracy" in r][-1]
     e2 = [r for r in read_metrics(tmp_path / "two") if "eval_accuracy" in r][-1]
-    assert e1["eval_accuracy"] == e2["eval_accuracy"]  # eval sharded over ranks, gathered exactly once
+    # eval sharded over ranks, each example scored exactly once: counted twice, the loss would
+    # not move but the count would
+    assert e1["eval_examples"] == e2["eval_examples"] == 40
+    assert e1["eval_accuracy"] == e2["eval_accuracy"] and e1["eval_loss"] == pytest.approx(e2["eval_loss"], rel=1e-4)
     assert os.listdir(tmp_path / "two" / "final")  # one final/, written by rank 0
 
 

@@ -61,17 +61,16 @@ def load_text_classification(path: str, flag: str, tokenizer, text_column: str, 
 
 def _label_ids(records: Records, column: str, space: LabelSpace):
     """(ids, label2id or None, num_labels) of every record's label."""
-    values, kinds = [], []
-    for i in range(len(records)):
-        value = records.column(i, column, "--label_column", kinds=(int, str))
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        kind = "an integer id" if isinstance(value, int) else "a label name"
-        if kinds and kind != kinds[0]:
-            raise records.error(i, f"label {_quote(value)} is {kind}, but the labels before it are {kinds[0].split(' ', 1)[1]}s "
-                                   f"(--label_column '{column}': use one kind in a column)")
-        kinds.append(kind)
-        if isinstance(value, int):
+    values = [records.column(i, column, "--label_column", kinds=(int, str)) for i in range(len(records))]
+    values = [int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v for v in values]  # CSV writes ids as text
+    ids = [isinstance(v, int) for v in values]
+    as_ids = sum(ids) * 2 >= len(ids)  # the column's kind is its majority's: the odd rows are the bad ones
+    for i, (value, is_id) in enumerate(zip(values, ids)):
+        if is_id != as_ids:
+            kind, others = ("an integer id", "label names") if is_id else ("a label name", "integer ids")
+            raise records.error(i, f"label {_quote(value)} is {kind}, but the column holds {others} (--label_column '{column}': "
+                                   "one kind per column)")
+        if is_id:
             limit = space.num_labels if space.num_labels is not None else len(space.label2id or {}) or None
             if value < 0 or (limit is not None and value >= limit):
                 known = f"the {limit} labels (0-{limit - 1}) of {space.source}" if limit else "label ids, which are >= 0"
@@ -79,8 +78,7 @@ def _label_ids(records: Records, column: str, space: LabelSpace):
         elif space.label2id is not None and value not in space.label2id:
             raise records.error(i, f"label {_quote(value)} is not one of the labels {sorted(space.label2id)} of {space.source} "
                                    f"(--label_column '{column}')")
-        values.append(value)
-    if kinds[0] == "an integer id":
+    if as_ids:
         num_labels = space.num_labels or (len(space.label2id) if space.label2id else max(values) + 1)
         return values, space.label2id, num_labels
     label2id = space.label2id or {name: i for i, name in enumerate(sorted(set(values)))}
