@@ -61,6 +61,20 @@ def init_distributed(timeout_minutes: float = 30.0, n_gpu: Optional[int] = None)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here: on CUDA, or on a CPU with AVX512-BF16 or AMX. On
+    other CPUs (e.g. AVX2 only) they are emulated, ~100x slower than fp32 (157 vs 1.4 s a step
+    for a 4-layer BERT with its 30k-word MLM head on a 2-core AVX2 EPYC)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return True  # not Linux: cannot tell, do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Sum over ranks, in place (no-op on one process)."""
     if env.is_distributed:

@@ -13,6 +13,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from distillation.distributed import fast_bf16
+
 
 class RunLog:
     def __init__(self, dump_path: str, enabled: bool):
@@ -129,6 +131,9 @@ def run_header(d, fresh_weights) -> list:
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
         f"clip {cfg.max_grad_norm:g}; {cfg.precision}" + ("; teacher logits cached after the first epoch" if cfg.cache_teacher_logits else ""),
     ]
+    if cfg.precision == "bf16" and not fast_bf16(d.device):
+        lines.append("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --precision bf16 is emulated and much slower "
+                     "than fp32 here")
     for name, data in (("--data_file", d.train_dataset), ("--eval_file", d.eval_dataset)):
         if getattr(data, "dropped", 0):
             lines.append(f"{name}: {data.dropped} record(s) left out: their prompt fills --max_seq_length {cfg.max_seq_length}")

@@ -152,3 +152,40 @@ def test_clm_distillation_lowers_heldout_loss(lm):
 def test_convert_gguf_bad_input(tmp_path, capsys):
     code, err = call_script(capsys, "convert_gguf.py", "--gguf_file", tmp_path / "none.gguf", "--output_dir", tmp_path / "out")
     assert code == 2 and len(err) == 1 and "--gguf_file: no such file" in err[0] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("position", [0, -1], ids=["first", "last"])
+@pytest.mark.parametrize("change,expect", [
+    ({"output": None}, "output field 'output' is null, not a string"),
+    ({"output": 7}, "output field 'output' is 7, not a string"),
+    ({"instruction": ["say"]}, "instruction field 'instruction' is [\"say\"], not a string"),
+    ({"input": 3}, "input field 'input' is 3, not a string"),
+], ids=["null output", "number output", "list instruction", "number input"])
+def test_a_bad_instruction_record_is_refused_with_its_line(lm, tmp_path, change, expect, position):
+    records = [dict(r) for r in RECORDS * 3]
+    records[position].update(change)
+    path = write_jsonl(str(tmp_path / "inst.jsonl"), records)
+    line = 1 if position == 0 else len(records)
+    with pytest.raises(InputError) as err:
+        _objective(lm, prompt_template=TEMPLATE).load_dataset(path, "--data_file")
+    assert str(err.value).startswith(f"--data_file: '{path}' line {line}: ") and expect in str(err.value)
+
+
+def test_clm_accuracy_leaves_out_special_targets_and_exact_match_scores_responses(lm):
+    """Targets every model predicts alike (EOS here) do not count in the accuracy; a response is
+    an exact match when all its targets, EOS included, are predicted."""
+    objective = _objective(lm, prompt_template=TEMPLATE)
+    dataset = objective.load_dataset(lm["instructions"], "--data_file")
+    batch = objective.collate([dataset[0], dataset[1]])
+    positions, targets = objective._targets(batch)
+    logits = torch.zeros(*batch["input_ids"].shape, len(CAUSAL_VOCAB))
+    flat = logits.view(-1, len(CAUSAL_VOCAB))
+    flat[positions, targets] = 5.0  # every target right...
+    eos = lm["tokenizer"].eos_token_id
+    wrong = positions[(targets != eos).nonzero()[0]]  # ...but the first content target of response 0
+    flat[wrong] = 0.0
+    flat[wrong, eos] = 5.0
+    metrics = objective.eval_metrics(objective.eval_batch(logits, None, batch))
+    content = int((targets != eos).sum())
+    assert metrics["accuracy"] == pytest.approx((content - 1) / content)  # EOS targets neither help nor count
+    assert metrics["exact_match"] == 0.5

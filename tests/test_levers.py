@@ -32,28 +32,31 @@ def test_cached_teacher_logits_give_the_losses_of_recomputing(assets, tmp_path):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
 
 
-def test_bf16_trains_on_cpu(assets, tmp_path):
-    """16 examples learnt by heart in 20 steps: bf16 autocast falls as fp32 does, keeps fp32
-    master weights, and changes them."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(assets, tmp_path, precision):
+    """16 examples learnt by heart in 20 steps: autocast falls as fp32 does, keeps fp32 master
+    weights and changes them; fp16's GradScaler is on and its state is in the checkpoint."""
     train = write_jsonl(str(tmp_path / "small.jsonl"), make_examples(16, seed=3))
     losses = {}
-    for precision in ("fp32", "bf16"):
+    for name in ("fp32", precision):
         run(DistillConfig.from_cli([
-            "--student_name", assets["student"], "--data_file", train, "--dump_path", str(tmp_path / precision),
+            "--student_name", assets["student"], "--data_file", train, "--dump_path", str(tmp_path / name),
             "--batch_size", "16", "--max_steps", "20", "--learning_rate", "1e-2", "--warmup_prop", "0",
-            "--alpha_ce", "0", "--alpha_task", "1", "--log_interval", "1", "--precision", precision,
+            "--alpha_task", "1", "--log_interval", "1", "--precision", name,
         ]))
-        losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision) if "loss" in r]
-    bf16 = losses["bf16"]
-    assert len(bf16) == 20 and all(math.isfinite(x) for x in bf16)
-    assert bf16[-1] < 0.2 * bf16[0]
-    assert bf16[-1] == pytest.approx(losses["fp32"][-1], abs=0.02)
-    assert bf16 != losses["fp32"]  # autocast really ran in bf16
+        losses[name] = [r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
+    mixed = losses[precision]
+    assert len(mixed) == 20 and all(math.isfinite(x) for x in mixed)
+    assert mixed[-1] < 0.2 * mixed[0]
+    assert mixed[-1] == pytest.approx(losses["fp32"][-1], abs=0.02)
+    assert mixed != losses["fp32"]  # autocast really ran in 16 bits
     before = AutoModelForSequenceClassification.from_pretrained(assets["student"]).state_dict()
-    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bf16" / "final").state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(tmp_path / precision / "final").state_dict()
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2
+    scaler = torch.load(tmp_path / precision / "checkpoint" / "state.pt", weights_only=True)["scaler"]
+    assert (scaler.get("scale", 0) > 0) == (precision == "fp16")  # an enabled GradScaler saves its state
 
 
 def test_cached_teacher_logits_are_each_examples_own(assets, tmp_path):
@@ -70,26 +73,6 @@ def test_cached_teacher_logits_are_each_examples_own(assets, tmp_path):
                          for i in range(len(data))])
     assert own.std(0).min() > 0.5  # a sensitive teacher: swapped rows could not pass
     assert torch.allclose(cached, own, atol=1e-5)
-
-
-def test_fp16_trains_with_a_grad_scaler(assets, tmp_path):
-    """fp16 autocast + GradScaler on the CPU: the loss falls as in fp32, the scaler's state is in
-    the checkpoint, the master weights stay fp32."""
-    train = write_jsonl(str(tmp_path / "small.jsonl"), make_examples(16, seed=3))
-    losses = {}
-    for precision in ("fp32", "fp16"):
-        run(DistillConfig.from_cli([
-            "--student_name", assets["student"], "--data_file", train, "--dump_path", str(tmp_path / precision),
-            "--batch_size", "16", "--max_steps", "20", "--learning_rate", "1e-2", "--warmup_prop", "0",
-            "--alpha_task", "1", "--log_interval", "1", "--precision", precision,
-        ]))
-        losses[precision] = [r["loss"] for r in read_metrics(tmp_path / precision) if "loss" in r]
-    assert losses["fp16"][-1] < 0.2 * losses["fp16"][0]
-    assert losses["fp16"][-1] == pytest.approx(losses["fp32"][-1], abs=0.02) and losses["fp16"] != losses["fp32"]
-    scaler = torch.load(tmp_path / "fp16" / "checkpoint" / "state.pt", weights_only=True)["scaler"]
-    assert scaler["scale"] > 0 and "_growth_tracker" in scaler  # an enabled GradScaler saves its state
-    weights = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fp16" / "final").state_dict()
-    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("lever", [["--compile"], ["--num_workers", "2"]], ids=["compile", "num_workers"])

@@ -27,7 +27,7 @@ def test_a_run_prints_its_evaluations_and_summary_and_keeps_the_best(assets, tmp
     assert all(0 < r["eval_loss"] < 5 and 0 < r["eval_teacher_loss"] < 5 for r in records)
     best = max(records, key=lambda r: r["eval_accuracy"])  # the first of equals: later ones are not better
     assert f"best eval_accuracy {best['eval_accuracy']:.4g} at step {best['step']}: {dump / 'best'}" in out
-    assert re.search(rf"^done: step 18 \(epoch 3.00\) in .*examples/s$", out, flags=re.M)
+    assert re.search(r"^done: step 18 \(epoch 3.00\) in .*examples/s$", out, flags=re.M)
     assert f"student: {dump / 'final'} (from_pretrained / pipeline)" in out
     summary = json.load(open(dump / "summary.json"))
     assert summary["best"]["step"] == best["step"] and summary["final"] == str(dump / "final")

@@ -14,7 +14,10 @@ import argparse
 import json
 import os
 
+import torch
+
 from distillation.cli import ArgumentParser, command
+from distillation.distributed import fast_bf16
 from distillation.tools.benchmark import ROOT, benchmark, format_report
 from distillation.tools.demo import DEFAULT_CACHE
 
@@ -28,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=5e-5, help="Both sides (the Trainer's default).")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help="Ours; the recipe is fp32 on CPU.")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16" if fast_bf16(torch.device("cpu")) else "fp32",
+                   help="Ours; the recipe is fp32 on CPU (default: bf16 where the CPU has it natively, else fp32).")
     p.add_argument("--cache_teacher_logits", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--group_by_size", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)

@@ -68,7 +68,7 @@ def _fine_tuned_teacher(args, minilm, data_file, run_child) -> str:
         run_child({
             "side": "ours", "out": folder, "data_file": data_file, "teacher": None, "student": minilm,
             "epochs": args.teacher_epochs, "batch_size": 32, "learning_rate": 1e-4, "seed": args.seed,
-            "precision": "bf16", "alpha_ce": 0.0, "alpha_task": 1.0,
+            "precision": args.precision, "alpha_ce": 0.0, "alpha_task": 1.0,
         })
     return final
 
