@@ -141,7 +141,7 @@ def run_header(d, fresh_weights) -> list:
             lines.append(f"warning: {100 * data.unknown_share:.1f}% of the {name} targets are the unknown token: the tokenizer "
                          "does not know this text (is --tokenizer_name the right one?)")
     if getattr(cfg, "defaulted", None):
-        lines.append(f"defaults of {cfg.objective} used: " + ", ".join(f"{n} {_show(getattr(cfg, n))}" for n in cfg.defaulted))
+        lines.append(f"defaults of {cfg.objective} used: " + ", ".join(f"{n} {show(getattr(cfg, n))}" for n in cfg.defaulted))
     if fresh_weights:
         lines.append(f"student weights initialised at random: {', '.join(fresh_weights[:6])}{' ...' if len(fresh_weights) > 6 else ''}")
     return lines
@@ -174,5 +174,8 @@ def run_summary(d, summary) -> list:
     return lines
 
 
-def _show(value) -> str:
+def show(value) -> str:
+    """An option's value as people write it: on/off, 0.0001, 32."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)

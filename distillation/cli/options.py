@@ -12,6 +12,7 @@ from dataclasses import fields
 
 from distillation.cli import ArgumentParser
 from distillation.errors import InputError
+from distillation.reporting import show
 
 SECTIONS = {
     "run": "run", "data": "data", "models": "models", "losses": "losses (loss = alpha_ce·KL + alpha_task·task + alpha_mse·logit MSE "
@@ -79,15 +80,9 @@ def default_text(f) -> str:
         return f.metadata["shown"]
     if f.name in OBJECTIVE_DEFAULTS:
         values = OBJECTIVE_DEFAULTS[f.name]
-        text = _show(values[0]) if len(set(values)) == 1 else ", ".join(f"{_show(v)} for {n}" for n, v in zip(OBJECTIVE_NAMES, values))
+        text = show(values[0]) if len(set(values)) == 1 else ", ".join(f"{show(v)} for {n}" for n, v in zip(OBJECTIVE_NAMES, values))
         return text + (f"; {f.metadata['also']}" if "also" in f.metadata else "")
-    return _show(f.default)
-
-
-def _show(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return show(f.default)
 
 
 class _GroupBySize(argparse.Action):
