@@ -89,6 +89,7 @@ def test_parameters_json_reads_back_to_the_same_run(tmp_path):
     ({"learning_rate": True}, "'learning_rate' must be a number or null (got true)"),
     ({"precision": "fp8"}, "'precision' must be one of fp32, bf16, fp16"),
     ({"alpha_kd": 1}, "unknown option 'alpha_kd'"),
+    ({"num_train_epochs": 3}, "unknown option 'num_train_epochs' (the Trainer's num_train_epochs is --n_epoch here)"),
 ])
 def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expect):
     path = tmp_path / "c.json"
@@ -120,6 +121,12 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
 def test_validation_names_the_flag(argv, flag):
     with pytest.raises(InputError, match=re.escape(flag)):
         cfg_of(*argv)
+
+
+def test_trainer_habits_get_our_name():
+    with pytest.raises(InputError, match=re.escape("--per_device_train_batch_size: unknown flag (the Trainer's "
+                                                   "per_device_train_batch_size is --batch_size here)")):
+        cfg_of("--per_device_train_batch_size", "8")
 
 
 def test_help_shows_every_real_default():

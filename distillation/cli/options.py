@@ -26,6 +26,27 @@ the reference distiller keep their meaning (README, "Reference flags"); defaults
 objective are listed as such. Bad input: one line on stderr, exit code 2, nothing written."""
 
 
+# Hugging Face Trainer habits: the flag people type, and ours.
+TRAINER_NAMES = {
+    "output_dir": "--dump_path", "num_train_epochs": "--n_epoch", "per_device_train_batch_size": "--batch_size",
+    "per_device_eval_batch_size": "--eval_batch_size", "warmup_ratio": "--warmup_prop", "max_grad_norm": "--max_grad_norm",
+    "logging_steps": "--log_interval (micro-batches)", "eval_steps": "--eval_interval (micro-batches)",
+    "evaluation_strategy": "--eval_file (evaluated at each epoch end) and --eval_interval", "eval_strategy": "--eval_file and --eval_interval",
+    "metric_for_best_model": "--save_best_metric", "load_best_model_at_end": "--save_best_metric (best/ is kept beside final/)",
+    "bf16": "--precision bf16", "resume_from_checkpoint": "--resume", "dataloader_num_workers": "--num_workers",
+    "model_name_or_path": "--student_name", "train_file": "--data_file", "validation_file": "--eval_file",
+    "overwrite_output_dir": "--force", "alpha": "--alpha_ce and --alpha_task",
+}
+
+
+def unknown_option(name: str, source=None) -> InputError:
+    """`name` is not an option (of a --config file `source`, or a flag); say which of ours a
+    Trainer user most likely means."""
+    name = name.lstrip("-").replace("-", "_")
+    hint = f" (the Trainer's {name} is {TRAINER_NAMES[name]} here)" if name in TRAINER_NAMES else ""
+    return InputError(f"{source}: unknown option '{name}'{hint}" if source else f"--{name}: unknown flag{hint}")
+
+
 def parse_train_args(argv=None):
     """(values, source): the `--config` file's values with the given flags on top."""
     from distillation.config import DistillConfig, read_json_object
@@ -46,7 +67,7 @@ def check_types(cls, values: dict, source: str) -> None:
     known = {f.name: f for f in fields(cls)}
     for key, value in values.items():
         if key not in known:
-            raise InputError(f"{source}: unknown option '{key}'")
+            raise unknown_option(key, source)
         f = known[key]
         kind, optional = _base_type(f.type)
         ok = (value is None and optional) or (
@@ -106,8 +127,15 @@ class _GroupBySize(argparse.Action):
             raise InputError(f"--group_by_size: expected true or false (got '{value}')")
 
 
+class _TrainParser(ArgumentParser):
+    def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            raise unknown_option(message.split(": ", 1)[1].split()[0])
+        super().error(message)
+
+
 def build_parser(cls) -> argparse.ArgumentParser:
-    parser = ArgumentParser(usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _TrainParser(usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of options (the same names as the flags); flags given here override it.")
     groups = {key: parser.add_argument_group(title) for key, title in SECTIONS.items()}
     for f in fields(cls):
