@@ -28,7 +28,7 @@ OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
 # optimisation defaults). sequence_classification's were chosen by measurement (README,
 # "Defaults"); clm's suit instruction and text data of thousands of examples.
 OBJECTIVE_DEFAULTS = {
-    "learning_rate": (1e-4, 5e-4, 1e-4),
+    "learning_rate": (2e-4, 5e-4, 3e-4),
     "batch_size": (32, 5, 8),
     "gradient_accumulation_steps": (1, 50, 1),
     "warmup_prop": (0.1, 0.05, 0.05),

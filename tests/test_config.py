@@ -137,4 +137,4 @@ def test_help_shows_every_real_default():
     for match in re.finditer(r"^  (--\w+)(.*?)(?=^  --|\Z)", text, flags=re.M | re.S):
         if match.group(1) not in ("--help", "--config"):
             assert "(default:" in match.group(2), match.group(1)
-    assert "(default: 0.0001 for sequence_classification, 0.0005 for mlm, 0.0001 for clm)" in " ".join(text.split())
+    assert "(default: 0.0002 for sequence_classification, 0.0005 for mlm, 0.0003 for clm)" in " ".join(text.split())
