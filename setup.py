@@ -7,7 +7,7 @@ setup(
     "(DistilBERT-style MLM/CLM pretraining and task heads).",
     packages=find_packages(include=["distillation", "distillation.*"]),
     python_requires=">=3.9",
-    install_requires=["torch", "transformers>=4.40", "tensorboard", "numpy", "tqdm", "safetensors"],
+    install_requires=["torch", "transformers>=4.56", "tensorboard", "numpy", "tqdm", "safetensors"],
     entry_points={
         "console_scripts": [
             f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"

@@ -48,6 +48,10 @@ def init_distributed(timeout_minutes: float = 30.0, n_gpu: Optional[int] = None)
             raise InputError(f"--n_gpu {n_gpu}: torchrun started {per_node} process(es) on this node; launch "
                              f"`torchrun --nproc_per_node={n_gpu} scripts/train.py ...` (one process per GPU)")
     if torch.cuda.is_available() and n_gpu != 0:
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise InputError(f"torchrun started {int(os.environ.get('LOCAL_WORLD_SIZE', world_size))} processes on this node but "
+                             f"{visible} GPU(s) are visible: launch --nproc_per_node={visible}, or pass --n_gpu 0 to train on the CPU")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:

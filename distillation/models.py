@@ -16,6 +16,11 @@ from transformers import AutoConfig, AutoTokenizer
 from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
 
+# Weights load as fp32 whatever dtype a checkpoint was saved in: transformers 5 would otherwise
+# keep a bf16/fp16 checkpoint's dtype, and AdamW on half-precision weights loses small updates
+# (--fp16/--bf16 mixed precision comes from autocast, over fp32 master weights).
+WEIGHTS_DTYPE = torch.float32
+
 # Position ids of these families start after the padding id: they read 2 fewer tokens than
 # max_position_embeddings says (RoBERTa's 514 positions take 512 tokens).
 PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer")
@@ -99,7 +104,8 @@ def load_teacher(cfg, objective, config):
     a head initialised at random (e.g. a bare encoder loaded for classification) would teach noise."""
     if not cfg.teacher_name:
         return None
-    teacher, info = objective.auto_model_class.from_pretrained(cfg.teacher_name, config=config, output_loading_info=True)
+    teacher, info = objective.auto_model_class.from_pretrained(
+        cfg.teacher_name, config=config, dtype=WEIGHTS_DTYPE, output_loading_info=True)
     missing = sorted(info["missing_keys"])
     if missing:
         raise InputError(
@@ -123,9 +129,10 @@ def load_student(cfg, objective, train_dataset, config) -> Tuple[torch.nn.Module
     for key, value in overrides.items():
         setattr(config, key, value)
     if cfg.student_name:
-        student, info = objective.auto_model_class.from_pretrained(cfg.student_name, config=config, output_loading_info=True)
+        student, info = objective.auto_model_class.from_pretrained(
+            cfg.student_name, config=config, dtype=WEIGHTS_DTYPE, output_loading_info=True)
         return student, sorted(info["missing_keys"])
-    student = objective.auto_model_class.from_config(config)
+    student = objective.auto_model_class.from_config(config, dtype=WEIGHTS_DTYPE)
     if cfg.student_pretrained_weights:
         load_weights(student, cfg.student_pretrained_weights)
         return student, []

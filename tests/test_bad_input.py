@@ -172,7 +172,8 @@ def test_a_short_csv_row_is_refused_with_its_line(assets, tmp_path, capsys, posi
     (["--teacher_type", "gpt2"], "--teacher_type gpt2: the teacher is a 'bert' model"),
     (["--validation_split", "0.999"], "--validation_split 0.999: holding out 96 of the 96 examples"),
 ])
-def test_bad_flags_are_refused_before_anything_is_written(assets, tmp_path, capsys, extra, expect):
+def test_bad_flags_are_refused_before_anything_is_written(assets, tmp_path, capsys, monkeypatch, extra, expect):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # --n_gpu 1 is bad input on a CPU machine
     args = train_args(assets, tmp_path / "run") + extra
     if "--validation_split" in extra:
         del args[args.index("--eval_file") : args.index("--eval_file") + 2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import AutoModelForSequenceClassification, DistilBertConfig, pipeline
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig, pipeline
 
 from conftest import build_distiller, first_step_grads, make_examples, read_metrics, run_train, train_args, write_jsonl
 from distillation.data.text_classification import collate_classification
@@ -126,3 +126,29 @@ def test_teacher_stays_frozen_in_eval_mode(assets, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in distiller.teacher.model.state_dict().items())
     assert not any(p is q for p in distiller.teacher.model.parameters() for g in distiller.optimizer.param_groups for q in g["params"])
     assert distiller.model.student.training
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints_load_as_fp32(assets, tmp_path, stored):
+    """Most LLM checkpoints are stored in bf16, and transformers 5 would keep that dtype: AdamW
+    would then update half-precision weights. Both models must load as fp32, holding exactly the
+    stored values."""
+    folders = {}
+    for name in ("teacher", "student"):
+        model = AutoModelForSequenceClassification.from_pretrained(assets[name]).to(stored)
+        folders[name] = str(tmp_path / name)
+        model.save_pretrained(folders[name])
+        AutoTokenizer.from_pretrained(assets[name]).save_pretrained(folders[name])
+    distiller, _, _ = build_distiller(assets, tmp_path / "run", teacher_name=folders["teacher"], student_name=folders["student"])
+    for name, model in (("teacher", distiller.teacher.model), ("student", distiller.model.student)):
+        stored_model = AutoModelForSequenceClassification.from_pretrained(folders[name], dtype=stored)
+        expected = {k: v.float() for k, v in stored_model.state_dict().items()}
+        for key, value in model.state_dict().items():
+            assert value.dtype == torch.float32, (name, key, value.dtype)
+            assert torch.equal(value, expected[key]), (name, key)
+
+    config = AutoConfig.from_pretrained(folders["student"])
+    assert config.dtype == stored
+    config.save_pretrained(tmp_path / "config")
+    distiller, _, _ = build_distiller(assets, tmp_path / "run2", student_name=None, student_config=str(tmp_path / "config"))
+    assert {p.dtype for p in distiller.model.parameters()} == {torch.float32}

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, SUBPROCESS_ENV, TRAIN, read_metrics, run_train, train_args, train_in_process
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+# Two CPU processes (gloo) on any machine: with CUDA visible they would each want a GPU, and a
+# 1-GPU machine refuses the second (test_more_processes_than_visible_gpus_is_refused).
+TORCHRUN = ["env", "CUDA_VISIBLE_DEVICES=", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
@@ -173,3 +175,19 @@ def test_resume_refuses_missing_corrupt_and_foreign_checkpoints(assets, tmp_path
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     refused(_resume_args(assets, dump, 16) + ["--resume"], "truncated or corrupt")
     assert {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)} == before
+
+
+def test_more_processes_than_visible_gpus_is_refused(monkeypatch):
+    """torchrun --nproc_per_node=2 on a 1-GPU machine: a clear line, not `invalid device ordinal`."""
+    from distillation.distributed import init_distributed
+    from distillation.errors import InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device reached"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(InputError, match=r"2 processes on this node but 1 GPU\(s\) are visible.*--n_gpu 0"):
+        init_distributed()
