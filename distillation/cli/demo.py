@@ -1,6 +1,6 @@
 """The embedded demo: distil a real teacher into a half-depth student, offline, on a CPU.
 
-    python scripts/demo.py                          # ~4 min on 2 idle cores; report in runs/demo/
+    python scripts/demo.py                          # ~10 min on 2 CPU cores, seconds on a GPU; report in runs/demo/
     python scripts/demo.py --dump_path /tmp/demo --force
     python scripts/demo.py --quick                  # the same wiring on a few dozen tweets
 
