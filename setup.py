@@ -12,7 +12,7 @@ setup(
         "console_scripts": [
             f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"
             for name in ("train", "extract", "extract_distilbert", "binarized_data", "token_counts",
-                         "convert_gguf", "demo", "evaluate", "benchmark")
+                         "convert_gguf", "demo", "evaluate", "benchmark", "benchmark_losses")
         ]
     },
     extras_require={

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from distillation.errors import InputError
+from distillation.losses import DIVERGENCES
 
 OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
 
@@ -98,8 +99,16 @@ class DistillConfig:
     initializer_range: float = _opt(0.02, "Reference flag, parsed but never used there: it changes nothing here either "
                                     "(a random student's init range is its config's).", "models")
     # --- losses --------------------------------------------------------------------------------
-    temperature: float = _opt(2.0, "Softmax temperature T of the soft targets (the KL is scaled by T²).", "losses")
-    alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target KL.", "losses", also="0 without --teacher_name")
+    temperature: float = _opt(2.0, "Softmax temperature T of the soft targets (the divergence is scaled by T²).", "losses")
+    divergence: str = _opt("forward_kl", "What --alpha_ce weighs between the softened distributions: forward_kl (KL(teacher||student), "
+                           "the reference's), reverse_kl, jsd (GKD's generalised Jensen-Shannon), skew_kl (DistiLLM's), tvd.",
+                           "losses", choices=tuple(DIVERGENCES))
+    divergence_beta: Optional[float] = _opt(None, "β of --divergence jsd (the teacher's weight in the mixture; 0 = forward KL, "
+                                            "1 = reverse KL) and skew_kl (the skew; 0 = forward KL).", "losses",
+                                            shown="0.5 for jsd, 0.1 for skew_kl")
+    loss_chunk_rows: int = _opt(0, "clm: compute CE and --divergence over this many target rows at a time from the final hidden "
+                                "states, so the [tokens, vocab] logits never exist at once (0 = dense, from full logits).", "losses")
+    alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target term (--divergence, KL by default).", "losses", also="0 without --teacher_name")
     alpha_task: Optional[float] = _opt(None, "Weight of the hard-label loss (classification CE, MLM or CLM).", "losses")
     alpha_mlm: Optional[float] = _opt(None, "Reference flag: weight of the MLM loss (mlm only; 0 for other objectives).", "losses",
                                       shown="--alpha_task")
@@ -210,6 +219,8 @@ class DistillConfig:
             setattr(self, name, OBJECTIVE_DEFAULTS[name][column])
         for name in TASK_ALPHA.values():  # parameters.json reads back to the same run
             setattr(self, name, self.alpha_task if name == TASK_ALPHA.get(self.objective) else 0.0)
+        if self.divergence_beta is None and self.divergence in DIVERGENCES:
+            self.divergence_beta = DIVERGENCES[self.divergence][1]
         if self.eval_batch_size is None:
             self.eval_batch_size = 2 * self.batch_size
         if self.cache_teacher_logits is None:
@@ -259,6 +270,18 @@ class DistillConfig:
         for name in ("temperature", "learning_rate", "adam_epsilon", "max_grad_norm", "ddp_timeout_minutes", "initializer_range"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"--{name} must be a finite number > 0 (got {value})")
+        need(self.divergence in DIVERGENCES, f"--divergence: unknown '{self.divergence}' (choose from {', '.join(DIVERGENCES)})")
+        if self.divergence_beta is not None:
+            need(DIVERGENCES[self.divergence][1] is not None,
+                 f"--divergence_beta {self.divergence_beta}: --divergence {self.divergence} has no β (jsd and skew_kl do)")
+            beta, jsd = self.divergence_beta, self.divergence == "jsd"
+            # skew_kl at β = 1 compares the teacher with itself: identically 0.
+            need(0 <= beta <= 1 if jsd else 0 <= beta < 1,
+                 f"--divergence_beta must be in {'[0, 1]' if jsd else '[0, 1)'} for --divergence {self.divergence} (got {beta})")
+        need(self.loss_chunk_rows >= 0, f"--loss_chunk_rows must be >= 0 (got {self.loss_chunk_rows})")
+        need(not self.loss_chunk_rows or self.objective == "clm",
+             f"--loss_chunk_rows {self.loss_chunk_rows}: chunked losses are implemented for clm only (mlm distils other rows than "
+             f"it labels; classification logits are small); use --loss_chunk_rows 0")
         alphas = {n: getattr(self, n) for n in ("alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse", "alpha_cos")}
         for name, a in alphas.items():
             need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")

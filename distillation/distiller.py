@@ -35,11 +35,12 @@ from distillation.distributed import all_gather_objects, all_reduce_sum
 from distillation.errors import InputError, TrainingStopped
 from distillation.evaluation import evaluate
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
-from distillation.losses import hidden_cosine, hidden_mse, logits_mse, soft_target_kl
+from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import freeze_embeddings
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
 from distillation.teacher import Teacher
+from distillation.token_losses import token_losses_for
 
 # loss term -> (config weight, the count it is normalised by)
 TERMS = {"ce": ("alpha_ce", "rows"), "task": ("alpha_task", "task"), "mse": ("alpha_mse", "rows"),
@@ -62,6 +63,7 @@ class Distiller:
             projection = build_projection(student.config, teacher.config, cfg.hidden_projection)
         self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
+        self.token_losses = token_losses_for(cfg, objective, student, self.teacher.model)  # dense or chunked
         self.train_model = self.model
         if env.is_distributed:
             self.train_model = DistributedDataParallel(
@@ -229,21 +231,13 @@ class Distiller:
 
     def _loss_terms(self, batch) -> dict:
         """Loss sums of one micro-batch (not yet normalised)."""
-        with_hidden = bool(self.layer_pairs)
+        with_hidden, logits = bool(self.layer_pairs), self.token_losses.wants_logits
         with self.autocast():
-            s_logits, s_hidden = self.forward_model(self.objective.model_inputs(batch), with_hidden)
+            s_out, s_hidden = self.forward_model(self.objective.model_inputs(batch), with_hidden, logits)
             # A teacher given for comparison only (no loss needs it) is never run in training.
             needs_teacher = with_hidden or "ce" in self.terms or "mse" in self.terms
-            t_logits, t_hidden = self.teacher.outputs(batch, with_hidden) if needs_teacher else (None, None)
-        terms = {}
-        if "task" in self.terms:
-            terms["task"] = self.objective.task_loss(s_logits, batch)
-        if "ce" in self.terms or "mse" in self.terms:
-            s_rows, t_rows = self.objective.distill_rows(s_logits, t_logits, batch)
-            if "ce" in self.terms:
-                terms["ce"] = soft_target_kl(s_rows, t_rows, self.cfg.temperature)
-            if "mse" in self.terms:
-                terms["mse"] = logits_mse(s_rows, t_rows)
+            t_out, t_hidden = self.teacher.outputs(batch, with_hidden, logits=logits) if needs_teacher else (None, None)
+            terms = self.token_losses(self.terms, s_out, t_out, batch)
         if with_hidden:
             mask = self.objective.hidden_mask(batch)
             pairs = [(s_hidden[i], t_hidden[t]) for i, (_, t) in enumerate(self.layer_pairs)]

@@ -68,11 +68,15 @@ class StudentWithProjection(nn.Module):
         self.student_layers = student_layers
         self.accepted = forward_inputs(student)  # the inputs its forward takes (DistilBERT: no token_type_ids)
 
-    def forward(self, inputs: dict, with_hidden: bool = False):
-        out = self.student(**{k: v for k, v in inputs.items() if k in self.accepted}, output_hidden_states=with_hidden)
+    def forward(self, inputs: dict, with_hidden: bool = False, logits: bool = True):
+        """`logits=False`: the base model's final hidden states [B, S, H] in place of the logits
+        (--loss_chunk_rows applies the LM head chunk by chunk)."""
+        model = self.student if logits else self.student.base_model
+        out = model(**{k: v for k, v in inputs.items() if k in self.accepted}, output_hidden_states=with_hidden)
+        first = out.logits if logits else out.last_hidden_state
         if not with_hidden:
-            return out.logits, None
+            return first, None
         hidden = [out.hidden_states[i + 1] for i in self.student_layers]
         if self.projection is not None:
             hidden = [self.projection(h) for h in hidden]
-        return out.logits, hidden
+        return first, hidden

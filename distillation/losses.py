@@ -5,23 +5,97 @@ optimizer step, so one step's loss equals the loss of the concatenated batch wha
 gradient accumulation and world size (DESIGN §4). All math runs in fp32 under any autocast.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
-def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Sum over rows of KL(softmax(t/T) || softmax(s/T)) * T².
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """[N]: KL(p || q) of each row, from log-probabilities (0·log 0 = 0 where p = 0)."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)
+
+
+def _mixture(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(w·p + (1-w)·q), computed in log space."""
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def _sum_rows(per_row: torch.Tensor, mask) -> torch.Tensor:
+    return (per_row if mask is None else torch.where(mask.bool(), per_row, 0.0)).sum()
+
+
+def forward_kl(student_logits, teacher_logits, temperature: float, beta=None, mask=None) -> torch.Tensor:
+    """Sum over rows of KL(p_t || p_s) * T², with p = softmax(logits / T): the reference's loss
+    (mass-covering: the student is pushed to put mass wherever the teacher does).
 
     Args:
-        student_logits: [N, C] rows to distil (any float dtype; upcast to fp32).
-        teacher_logits: [N, C] the teacher's logits for the same rows.
-        temperature: T > 0.
+        student_logits: [N, V] rows to distil (any float dtype; fp32 inside).
+        teacher_logits: [N, V] the teacher's logits for the same rows.
+        temperature: T > 0. beta: unused (every divergence takes it).
+        mask: optional [N] bool; rows where it is False add 0.
     Returns:
-        scalar fp32 tensor; divide by the global row count for the batchmean of the reference.
+        scalar fp32 tensor; divide by the global row count for the reference's batchmean.
     """
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return F.kl_div(s, t, reduction="sum", log_target=True) * temperature**2
+    s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
+    return _sum_rows(_kl_rows(t, s), mask) * temperature**2
+
+
+def reverse_kl(student_logits, teacher_logits, temperature: float, beta=None, mask=None) -> torch.Tensor:
+    """Sum over rows of KL(p_s || p_t) * T² (mode-seeking: the student may drop teacher modes it
+    cannot fit). Shapes as `forward_kl`."""
+    s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
+    return _sum_rows(_kl_rows(s, t), mask) * temperature**2
+
+
+def jsd(student_logits, teacher_logits, temperature: float, beta: float = 0.5, mask=None) -> torch.Tensor:
+    """Sum over rows of the generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024,
+    TRL's `generalized_jsd_loss`) * T²: with m = β·p_t + (1-β)·p_s,
+
+        JSD_β = β·KL(p_t || m) + (1-β)·KL(p_s || m).
+
+    β = 0.5 is the symmetric JSD. JSD_β / β tends to forward KL as β -> 0 and JSD_β / (1-β) to
+    reverse KL as β -> 1 (JSD_β itself tends to 0 there); as in TRL, β = 0 and β = 1 exactly
+    give forward and reverse KL. Shapes as `forward_kl`."""
+    if beta <= 0:
+        return forward_kl(student_logits, teacher_logits, temperature, mask=mask)
+    if beta >= 1:
+        return reverse_kl(student_logits, teacher_logits, temperature, mask=mask)
+    s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
+    m = _mixture(t, s, beta)
+    return _sum_rows(beta * _kl_rows(t, m) + (1 - beta) * _kl_rows(s, m), mask) * temperature**2
+
+
+def skew_kl(student_logits, teacher_logits, temperature: float, beta: float = 0.1, mask=None) -> torch.Tensor:
+    """Sum over rows of the skew KL of DistiLLM (Ko et al. 2024) * T²: KL(p_t || β·p_t + (1-β)·p_s).
+
+    β = 0 is forward KL; a small skew (default 0.1) bounds the loss and its gradient where the
+    student gives a teacher token almost no mass. Needs β < 1 (β = 1 is identically 0). Shapes as
+    `forward_kl`."""
+    s, t = _log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature)
+    mixed = s if beta <= 0 else _mixture(t, s, beta)
+    return _sum_rows(_kl_rows(t, mixed), mask) * temperature**2
+
+
+def tvd(student_logits, teacher_logits, temperature: float, beta=None, mask=None) -> torch.Tensor:
+    """Sum over rows of the total variation distance ½·Σ|p_t - p_s| * T² (bounded in [0, T²]
+    per row; DistillKit's TVD). Shapes as `forward_kl`."""
+    s, t = _log_probs(student_logits, temperature).exp(), _log_probs(teacher_logits, temperature).exp()
+    return _sum_rows(0.5 * (t - s).abs().sum(dim=-1), mask) * temperature**2
+
+
+# --divergence NAME -> (function, the default --divergence_beta or None where β has no role).
+DIVERGENCES = {
+    "forward_kl": (forward_kl, None),
+    "reverse_kl": (reverse_kl, None),
+    "jsd": (jsd, 0.5),
+    "skew_kl": (skew_kl, 0.1),
+    "tvd": (tvd, None),
+}
 
 
 def logits_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

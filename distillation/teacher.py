@@ -49,21 +49,24 @@ class Teacher:
         }
 
     @torch.no_grad()
-    def outputs(self, batch, with_hidden: bool = False, split: str = "train"):
+    def outputs(self, batch, with_hidden: bool = False, split: str = "train", logits: bool = True):
         """(logits [B, ..., C], hidden states of every layer or None) for `batch`; (None, None)
-        without a teacher."""
+        without a teacher. `logits=False`: the final hidden states [B, S, H] in place of the
+        logits (--loss_chunk_rows; never cached)."""
         if self.model is None:
             return None, None
-        cache = self.caches[split]
+        cache = self.caches[split] if logits else None
         if cache is not None and not with_hidden:
             cached = cache.get(batch["index"])
             if cached is not None:
                 return cached, None
         inputs = {k: v for k, v in self.objective.model_inputs(batch).items() if k in self.accepted}
-        out = self.model(**inputs, output_hidden_states=with_hidden)
+        model = self.model if logits else self.model.base_model
+        out = model(**inputs, output_hidden_states=with_hidden)
+        first = out.logits if logits else out.last_hidden_state
         if cache is not None:
-            cache.put(batch["index"], out.logits)
-        return out.logits, (out.hidden_states[1:] if with_hidden else None)
+            cache.put(batch["index"], first)
+        return first, (out.hidden_states[1:] if with_hidden else None)
 
     def parameters(self) -> Optional[int]:
         return sum(p.numel() for p in self.model.parameters()) if self.model is not None else None

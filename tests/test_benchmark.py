@@ -35,3 +35,19 @@ def test_quick_benchmark_reports_both_runs(tmp_path):
     assert res["accuracy_gap_points"] == pytest.approx(100 * (res["runs"]["ours"]["accuracy"] - res["runs"]["recipe"]["accuracy"]))
     assert res["matmul_peak_tflop_per_s"]["bf16"] > 0 and res["matmul_peak_tflop_per_s"]["fp32"] > 0
     assert "speed-up ours/recipe" in proc.stdout and "| recipe | fp32 |" in proc.stdout
+
+
+def test_loss_benchmark_reports_dense_and_chunked(tmp_path):
+    """Structure only; the memory claim is measured with the real sizes (README, Losses)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark_losses.py"), "--vocab_size", "2000", "--batch_size", "1",
+         "--seq_len", "64", "--chunk_rows", "16", "--repeats", "1", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| dense") or line.startswith("| chunked")]
+    assert [r.split("|")[1].strip() for r in rows] == ["dense", "chunked, 16 rows"]
+    assert rows[0].split("|")[3].strip() == "1.00x"
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_losses.py"), "--chunk_rows", "0"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --chunk_rows must be >= 1 (got 0)"

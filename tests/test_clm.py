@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from conftest import read_metrics, save_model, write_jsonl
 from distillation.data.lm_text import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, render_prompt
 from distillation.errors import InputError
-from distillation.losses import soft_target_kl
+from distillation.losses import forward_kl
 from distillation.objectives.clm import shift_labels
 from distillation.pipeline import run
 from lm_helpers import (  # noqa: F401 - single_thread is a fixture
@@ -67,7 +67,7 @@ def test_instruction_loss_and_kl_cover_the_response_only(lm):
     assert torch.allclose(objective.task_loss(s, batch), F.cross_entropy(s_rows, targets, reduction="sum"))
     ours_s, ours_t = objective.distill_rows(s, t, batch)
     assert torch.equal(ours_s, s_rows) and torch.equal(ours_t, t_rows)
-    assert torch.allclose(soft_target_kl(ours_s, ours_t, 2.0), soft_target_kl(s_rows, t_rows, 2.0))
+    assert torch.allclose(forward_kl(ours_s, ours_t, 2.0), forward_kl(s_rows, t_rows, 2.0))
     metrics = objective.eval_metrics(objective.eval_batch(s, t, batch))
     assert metrics["perplexity"] == pytest.approx(torch.exp(F.cross_entropy(s_rows, targets)).item(), rel=1e-4)
     assert "teacher_perplexity" in metrics
@@ -148,6 +148,15 @@ def test_clm_distillation_lowers_heldout_loss(lm):
     after = heldout_loss(AutoModelForCausalLM.from_pretrained(dump / "final"), objective, lm["eval"])
     assert after < before - 0.3, (before, after)
 
+    # The same student under GKD's symmetric JSD: its soft-target term falls and it learns.
+    jsd = root / "student_jsd"
+    run(config(**common, data_file=binarized, teacher_name=str(root / "teacher" / "final"), student_name=init,
+               dump_path=str(jsd), alpha_ce=1.0, alpha_task=1.0, max_steps=30, divergence="jsd", divergence_beta=0.5))
+    train = [r for r in read_metrics(jsd) if "loss" in r]
+    assert train[-1]["loss_ce"] < 0.7 * train[0]["loss_ce"], (train[0], train[-1])
+    after_jsd = heldout_loss(AutoModelForCausalLM.from_pretrained(jsd / "final"), objective, lm["eval"])
+    assert after_jsd < before - 0.3, (before, after_jsd)
+
 
 def test_convert_gguf_bad_input(tmp_path, capsys):
     code, err = call_script(capsys, "convert_gguf.py", "--gguf_file", tmp_path / "none.gguf", "--output_dir", tmp_path / "out")
@@ -177,7 +186,7 @@ def test_clm_accuracy_leaves_out_special_targets_and_exact_match_scores_response
     objective = _objective(lm, prompt_template=TEMPLATE)
     dataset = objective.load_dataset(lm["instructions"], "--data_file")
     batch = objective.collate([dataset[0], dataset[1]])
-    positions, targets = objective._targets(batch)
+    positions, targets = objective.token_rows(batch)
     logits = torch.zeros(*batch["input_ids"].shape, len(CAUSAL_VOCAB))
     flat = logits.view(-1, len(CAUSAL_VOCAB))
     flat[positions, targets] = 5.0  # every target right...
@@ -189,3 +198,60 @@ def test_clm_accuracy_leaves_out_special_targets_and_exact_match_scores_response
     content = int((targets != eos).sum())
     assert metrics["accuracy"] == pytest.approx((content - 1) / content)  # EOS targets neither help nor count
     assert metrics["exact_match"] == 0.5
+
+
+def _first_step(cfg):
+    """(the loss terms of the first optimizer step, the gradients it applied)."""
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    torch.manual_seed(0)
+    distiller, _ = build(cfg, DistEnv())
+    captured, step = {}, distiller.scaler.step
+
+    def spy(optimizer):
+        captured.update({n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None})
+        return step(optimizer)
+
+    distiller.scaler.step = spy
+    batches = distiller._batches(0)[: cfg.gradient_accumulation_steps]
+    values = distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
+    return values, captured
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"])
+def test_chunked_token_losses_equal_the_dense_path(lm, tmp_path, divergence):
+    """--loss_chunk_rows 7 (not a divisor of the rows) against full logits: the same loss terms and
+    gradients, with a tied LM head (as SmolLM2's) and the logits MSE in play."""
+    tok = lm["tokenizer"]
+    torch.manual_seed(0)
+    teacher = save_model(LlamaForCausalLM(_llama(48, 2)), tok, str(tmp_path / "teacher"))
+    student = save_model(LlamaForCausalLM(_llama(32, 1, tie_word_embeddings=True)), tok, str(tmp_path / "student"))
+    common = dict(objective="clm", data_file=lm["train"], teacher_name=teacher, student_name=student, alpha_ce=1.0,
+                  alpha_task=0.5, alpha_mse=0.1, batch_size=4, gradient_accumulation_steps=2, max_seq_length=32,
+                  divergence=divergence, group_by_size=False)
+    dense_values, dense_grads = _first_step(config(**common, dump_path=str(tmp_path / "dense")))
+    chunk_values, chunk_grads = _first_step(config(**common, dump_path=str(tmp_path / "chunked"), loss_chunk_rows=7))
+    for term in ("task", "ce", "mse"):
+        assert chunk_values[term] == pytest.approx(dense_values[term], rel=1e-5), term
+    assert dense_grads.keys() == chunk_grads.keys() and "student.lm_head.weight" not in dense_grads  # tied
+    for name, grad in dense_grads.items():
+        assert torch.allclose(chunk_grads[name], grad, rtol=1e-5, atol=1e-6), name
+
+
+def test_chunked_losses_refuse_a_head_that_changes_logits_after_the_matmul(lm, tmp_path):
+    """Gemma 2 soft-caps its logits after the LM head: chunking would silently drop that."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from distillation.distributed import DistEnv
+    from distillation.errors import InputError
+    from distillation.pipeline import build
+
+    gemma = Gemma2Config(vocab_size=len(CAUSAL_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                         final_logit_softcapping=0.5, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    student = save_model(Gemma2ForCausalLM(gemma), lm["tokenizer"], str(tmp_path / "gemma"))
+    cfg = config(objective="clm", data_file=lm["train"], student_name=student, dump_path=str(tmp_path / "run"), loss_chunk_rows=8)
+    with pytest.raises(InputError, match=r"--loss_chunk_rows: the student's logits are not its output embeddings.*--loss_chunk_rows 0"):
+        build(cfg, DistEnv())
+    assert not (tmp_path / "run").exists()

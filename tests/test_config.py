@@ -117,6 +117,10 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
     (["--max_seq_length", "2"], "--max_seq_length"),
     (["--warmup_prop", "1.5"], "--warmup_prop"),
     (["--n_gpu", "-1"], "--n_gpu"),
+    (["--divergence_beta", "0.3", "--teacher_name", "t"], "--divergence_beta 0.3: --divergence forward_kl has no β"),
+    (["--divergence", "skew_kl", "--divergence_beta", "1", "--teacher_name", "t"],
+     "--divergence_beta must be in [0, 1) for --divergence skew_kl"),
+    (["--divergence", "jsd", "--divergence_beta", "1.5", "--teacher_name", "t"], "--divergence_beta must be in [0, 1] for --divergence jsd"),
 ])
 def test_validation_names_the_flag(argv, flag):
     with pytest.raises(InputError, match=re.escape(flag)):
@@ -138,3 +142,10 @@ def test_help_shows_every_real_default():
         if match.group(1) not in ("--help", "--config"):
             assert "(default:" in match.group(2), match.group(1)
     assert "(default: 0.0002 for sequence_classification, 0.0005 for mlm, 0.0003 for clm)" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("divergence,beta", [("forward_kl", None), ("reverse_kl", None), ("tvd", None), ("jsd", 0.5), ("skew_kl", 0.1)])
+def test_divergence_beta_defaults_per_divergence_and_is_recorded(divergence, beta):
+    cfg = cfg_of("--teacher_name", "t", "--divergence", divergence)
+    assert cfg.divergence_beta == beta and cfg.to_dict()["divergence_beta"] == beta
+    assert cfg_of("--teacher_name", "t", "--divergence", "jsd", "--divergence_beta", "0.9").divergence_beta == 0.9

@@ -2,9 +2,12 @@
 
 import math
 
+import pytest
 import torch
 
-from distillation.losses import cross_entropy_sum, hidden_cosine, hidden_mse, logits_mse, soft_target_kl
+from distillation.losses import (
+    DIVERGENCES, cross_entropy_sum, forward_kl, hidden_cosine, hidden_mse, jsd, logits_mse, reverse_kl, skew_kl,
+)
 
 
 def _softmax(row):
@@ -20,16 +23,16 @@ def test_kl_times_t_squared_matches_hand_formula():
     for srow, trow in zip(s.tolist(), t.tolist()):
         ps, pt = _softmax([x / T for x in srow]), _softmax([x / T for x in trow])
         expected += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt)) * T * T
-    assert math.isclose(soft_target_kl(s, t, T).item(), expected, rel_tol=1e-5)
+    assert math.isclose(forward_kl(s, t, T).item(), expected, rel_tol=1e-5)
     # divided by the rows it is the reference's batchmean
     ref = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(s / T, -1), torch.softmax(t / T, -1)) * T**2
-    assert math.isclose(soft_target_kl(s, t, T).item() / 5, ref.item(), rel_tol=1e-5)
+    assert math.isclose(forward_kl(s, t, T).item() / 5, ref.item(), rel_tol=1e-5)
 
 
 def test_kl_is_fp32_under_bf16_inputs_and_zero_for_equal_logits():
     s = torch.randn(4, 3).bfloat16()
-    assert soft_target_kl(s, s, 1.0).dtype == torch.float32
-    assert abs(soft_target_kl(s, s, 3.0).item()) < 1e-6
+    assert forward_kl(s, s, 1.0).dtype == torch.float32
+    assert abs(forward_kl(s, s, 3.0).item()) < 1e-6
 
 
 def test_logits_mse_is_the_references_alpha_mse_term():
@@ -65,3 +68,62 @@ def test_hidden_losses_exclude_padding():
     s2 = s.clone()
     s2[0, 2] = 1e6
     assert hidden_mse(s2, t, mask).item() == hidden_mse(s, t, mask).item()
+
+
+# --- divergences ---------------------------------------------------------------------------------
+def _hand_divergence(name, s, t, T, beta):
+    """Per-row value * T², from probabilities in float64 (no log-space tricks, no F.kl_div)."""
+    ps, pt = torch.softmax(s.double() / T, -1), torch.softmax(t.double() / T, -1)
+
+    def kl(p, q):
+        return (p * (p.log() - q.log())).sum(-1)
+
+    if name == "forward_kl":
+        rows = kl(pt, ps)
+    elif name == "reverse_kl":
+        rows = kl(ps, pt)
+    elif name == "jsd":
+        m = beta * pt + (1 - beta) * ps
+        rows = beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+    elif name == "skew_kl":
+        rows = kl(pt, beta * pt + (1 - beta) * ps)
+    else:
+        rows = 0.5 * (pt - ps).abs().sum(-1)
+    return rows * T * T
+
+
+CASES = [("forward_kl", None), ("reverse_kl", None), ("tvd", None)] + [
+    (name, beta) for name in ("jsd", "skew_kl") for beta in (0.1, 0.5, 0.9)]
+
+
+@pytest.mark.parametrize("name,beta", CASES)
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_divergence_value_and_gradient_match_hand_formula_with_masked_rows(name, beta, T):
+    torch.manual_seed(0)
+    s, t = torch.randn(9, 11) * 2, torch.randn(9, 11) * 3
+    mask = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
+    s.requires_grad_(True)
+    ours = DIVERGENCES[name][0](s, t, T, beta, mask=mask)
+    ours.backward()
+    s64 = s.detach().double().requires_grad_(True)
+    hand = _hand_divergence(name, s64, t.double(), T, beta)[mask].sum()
+    hand.backward()
+    assert ours.dtype == torch.float32
+    assert math.isclose(ours.item(), hand.item(), rel_tol=1e-5, abs_tol=1e-6)
+    assert torch.allclose(s.grad.double(), s64.grad, rtol=1e-4, atol=1e-6)
+    assert torch.all(s.grad[~mask] == 0)  # masked rows give no gradient
+    assert abs(DIVERGENCES[name][0](t, t, T, beta).item()) < 1e-5  # zero at equal distributions
+
+
+def test_jsd_and_skew_kl_reduce_to_forward_and_reverse_kl_at_their_limits():
+    torch.manual_seed(1)
+    s, t = torch.randn(6, 8), torch.randn(6, 8) * 2
+    fwd, rev = forward_kl(s, t, 2.0).item(), reverse_kl(s, t, 2.0).item()
+    # GKD's JSD_β: → 0 at both ends, but JSD_β/β → forward KL and JSD_β/(1-β) → reverse KL.
+    eps = 1e-4
+    assert math.isclose(jsd(s, t, 2.0, eps).item() / eps, fwd, rel_tol=2e-3)
+    assert math.isclose(jsd(s, t, 2.0, 1 - eps).item() / eps, rev, rel_tol=2e-3)
+    assert jsd(s, t, 2.0, 0.0).item() == fwd and jsd(s, t, 2.0, 1.0).item() == rev  # TRL's convention at β = 0, 1
+    assert math.isclose(skew_kl(s, t, 2.0, 0.0).item(), fwd, rel_tol=1e-6)
+    assert math.isclose(skew_kl(s, t, 2.0, eps).item(), fwd, rel_tol=2e-3)
+    assert jsd(s, t, 2.0, 0.5).item() <= math.log(2) * 4 * len(s)  # the symmetric JSD is at most ln 2 a row (T² = 4)

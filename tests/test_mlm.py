@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
 from conftest import VOCAB, read_metrics, run_train, save_model, tiny_bert_config
-from distillation.losses import soft_target_kl
+from distillation.losses import forward_kl
 from distillation.objectives.mlm import choose_mlm_positions, mask_tokens, mlm_token_probs
 from distillation.pipeline import run
 from lm_helpers import (  # noqa: F401 - single_thread is a fixture
@@ -113,7 +113,7 @@ def test_kl_and_task_loss_over_gathered_rows_match_dense_formulas(lm, restrict):
     batch = objective.prepare_batch({"input_ids": ids, "attention_mask": mask}, g)
     s, t = torch.randn(6, 40, len(VOCAB), generator=g), torch.randn(6, 40, len(VOCAB), generator=g)
     counts = objective.counts(batch)
-    ours = soft_target_kl(*objective.distill_rows(s, t, batch), 2.0) / counts["rows"]
+    ours = forward_kl(*objective.distill_rows(s, t, batch), 2.0) / counts["rows"]
     # The reference's way: a (B, S, V) boolean mask and masked_select.
     rows = (batch["labels"] != -100) if restrict else mask.bool()
     sel = rows.unsqueeze(-1).expand_as(s)

@@ -92,3 +92,19 @@ def test_every_script_is_a_console_command():
         with pytest.raises(SystemExit) as done:
             main(["--help"])
         assert done.value.code == 0
+
+
+@pytest.mark.parametrize("flags,expect", [
+    ({}, "5·KL(T=2) + 2·CE(mlm) + 1·hidden cosine (last)"),
+    ({"divergence": "jsd"}, "5·JSD(T=2, β=0.5) + 2·CE(mlm)"),
+    ({"divergence": "skew_kl", "divergence_beta": 0.2, "temperature": 1.0}, "5·skew KL(T=1, β=0.2) + 2·CE(mlm)"),
+    ({"divergence": "tvd", "alpha_mse": 0.5}, "5·TVD(T=2) + 2·CE(mlm) + 0.5·logit MSE"),
+])
+def test_the_header_names_the_divergence(flags, expect):
+    from distillation.config import DistillConfig
+    from distillation.objectives import OBJECTIVES
+    from distillation.reporting import loss_formula
+
+    cfg = DistillConfig.from_dict({"objective": "mlm", "dump_path": "d", "data_file": "x", "student_name": "s", "teacher_name": "t",
+                                   "token_counts": "c", **flags})
+    assert loss_formula(cfg, OBJECTIVES["mlm"]).startswith(expect)

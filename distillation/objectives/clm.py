@@ -54,7 +54,7 @@ class CausalLM(Objective):
     def collate(self, examples):
         return collate_lm(examples, self.tokenizer.pad_token_id, with_labels=True)
 
-    def _targets(self, batch):
+    def token_rows(self, batch):
         """([N] flat positions that predict a target, [N] those targets)."""
         shifted = shift_labels(batch["labels"])
         positions = flat_positions(shifted != IGNORE)
@@ -65,18 +65,18 @@ class CausalLM(Objective):
         return {"task": predicted, "rows": predicted, "tokens": batch["attention_mask"].sum()}
 
     def task_loss(self, student_logits, batch):
-        positions, targets = self._targets(batch)
+        positions, targets = self.token_rows(batch)
         return cross_entropy_sum(gather_rows(student_logits, positions), targets)
 
     def distill_rows(self, student_logits, teacher_logits, batch):
-        positions, _ = self._targets(batch)
+        positions, _ = self.token_rows(batch)
         return gather_rows(student_logits, positions), gather_rows(teacher_logits, positions)
 
     def eval_batch(self, student_logits, teacher_logits, batch):
         """Loss and perplexity over every target; accuracy over the targets that are not special
         tokens (EOS, padding, unknown: in a run whose data the tokenizer barely knew, 80% <unk> and
         11% EOS targets made every model score ~0.9); exact match over instruction responses."""
-        positions, targets = self._targets(batch)
+        positions, targets = self.token_rows(batch)
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=targets.device)
         rows = positions // batch["input_ids"].shape[1]
         responses = batch["prompt_len"][rows] > 0  # instruction data: score whole responses too

@@ -1,0 +1,103 @@
+"""The loss terms computed from the models' outputs: the hard-label CE ("task"), the
+soft-target divergence ("ce") and the logits MSE ("mse"), as sums (the Distiller normalises).
+
+`DenseTokenLosses` takes full logits [B, S, V]. `ChunkedTokenLosses` (--loss_chunk_rows, clm)
+takes the final hidden states [B, S, H] of both models and runs each LM head over a chunk of
+target rows at a time, under activation checkpointing: a chunk's logits are freed after its
+forward and recomputed in its backward, so the [tokens, vocab] logits never exist at once (at
+a 152k vocabulary, 8 x 1,024 tokens of fp32 logits are ~5 GB per model). The same sums, in the
+same fp32 maths; the price is one more LM-head matmul per chunk in backward.
+"""
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from distillation.errors import InputError
+from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse
+from distillation.objectives.lm import gather_rows
+
+
+class DenseTokenLosses:
+    wants_logits = True  # what the models return to __call__: logits, or final hidden states
+
+    def __init__(self, cfg, objective):
+        self.cfg, self.objective = cfg, objective
+        self.divergence = DIVERGENCES[cfg.divergence][0]
+
+    def __call__(self, wanted, student_logits, teacher_logits, batch) -> dict:
+        """{term: fp32 sum} for the terms of `wanted` among task, ce, mse."""
+        terms = {}
+        if "task" in wanted:
+            terms["task"] = self.objective.task_loss(student_logits, batch)
+        if "ce" in wanted or "mse" in wanted:
+            s_rows, t_rows = self.objective.distill_rows(student_logits, teacher_logits, batch)
+            terms.update(self._soft_terms(wanted, s_rows, t_rows))
+        return terms
+
+    def _soft_terms(self, wanted, s_rows, t_rows) -> dict:
+        terms = {}
+        if "ce" in wanted:
+            terms["ce"] = self.divergence(s_rows, t_rows, self.cfg.temperature, self.cfg.divergence_beta)
+        if "mse" in wanted:
+            terms["mse"] = logits_mse(s_rows, t_rows)
+        return terms
+
+
+class ChunkedTokenLosses(DenseTokenLosses):
+    wants_logits = False
+
+    def __init__(self, cfg, objective, student, teacher):
+        super().__init__(cfg, objective)
+        self.rows = cfg.loss_chunk_rows
+        self.student_head = checked_head(student, "student")
+        self.teacher_head = checked_head(teacher, "teacher") if teacher is not None else None
+
+    def __call__(self, wanted, student_hidden, teacher_hidden, batch) -> dict:
+        """As DenseTokenLosses, from final hidden states: student [B, S, H], teacher [B, S, H_t]."""
+        positions, targets = self.objective.token_rows(batch)  # [N], [N]: clm distils where it predicts
+        h_s = gather_rows(student_hidden, positions)
+        h_t = gather_rows(teacher_hidden, positions) if teacher_hidden is not None else None
+        wanted = [t for t in ("task", "ce", "mse") if t in wanted]
+        sums = [student_hidden.new_zeros((), dtype=torch.float32) for _ in wanted]
+        for start in range(0, len(positions), self.rows):
+            chunk = slice(start, start + self.rows)
+            parts = checkpoint(self._chunk, wanted, h_s[chunk], None if h_t is None else h_t[chunk], targets[chunk],
+                               use_reentrant=False)
+            sums = [total + part for total, part in zip(sums, parts)]
+        return dict(zip(wanted, sums))
+
+    def _chunk(self, wanted, h_s, h_t, targets):
+        s_logits = self.student_head(h_s)  # [rows, V]
+        terms = {}
+        if "task" in wanted:
+            terms["task"] = cross_entropy_sum(s_logits, targets)
+        if h_t is not None:
+            with torch.no_grad():
+                t_logits = self.teacher_head(h_t)
+            terms.update(self._soft_terms(wanted, s_logits, t_logits))
+        return tuple(terms[t] for t in wanted)
+
+
+def token_losses_for(cfg, objective, student, teacher):
+    """ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise."""
+    return ChunkedTokenLosses(cfg, objective, student, teacher) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
+
+
+@torch.no_grad()
+def checked_head(model, role: str):
+    """The model's output embeddings, after checking that they alone turn its base model's final
+    hidden states into its logits (some heads scale or soft-cap the logits after the matmul)."""
+    head = model.get_output_embeddings()
+    same = head is not None
+    if same:
+        ids = torch.arange(1, 9, device=head.weight.device).remainder(head.weight.shape[0]).unsqueeze(0)
+        was_training = model.training
+        model.eval()
+        dense = model(input_ids=ids).logits.float()
+        chunked = head(model.base_model(input_ids=ids).last_hidden_state).float()
+        model.train(was_training)
+        same = torch.allclose(dense, chunked, rtol=1e-4, atol=1e-4)
+    if not same:
+        raise InputError(f"--loss_chunk_rows: the {role}'s logits are not its output embeddings applied to its final hidden "
+                         f"states ({type(model).__name__}); use --loss_chunk_rows 0 (dense)")
+    return head
