@@ -85,6 +85,8 @@ class DistillConfig:
     # --- models --------------------------------------------------------------------------------
     teacher_name: Optional[str] = _opt(None, "Teacher: hub name or folder, with its trained head for the objective.", "models",
                                        shown="none: plain training on the labels (needs --alpha_ce 0 and no other teacher loss)")
+    teacher_logits: Optional[str] = _opt(None, "clm: train from a cache of the teacher's logits made by scripts/cache_teacher.py "
+                                         "(a folder), without loading the teacher.", "models", shown="none: the teacher runs in the loop")
     student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).", "models",
                                        shown="none: give this or --student_config")
     student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
@@ -210,7 +212,7 @@ class DistillConfig:
         self.fp16 = self.precision == "fp16"
         self._resolve_task_alpha()
         column = OBJECTIVE_NAMES.index(self.objective)
-        if self.teacher_name is None:  # nothing to distil: the teacher losses' defaults are 0
+        if self.teacher_name is None and self.teacher_logits is None:  # nothing to distil: teacher losses default to 0
             for name in TEACHER_LOSSES:
                 if getattr(self, name) is None:
                     setattr(self, name, 0.0)
@@ -286,7 +288,14 @@ class DistillConfig:
         for name, a in alphas.items():
             need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
         need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
-        if self.teacher_name is None:
+        if self.teacher_logits is not None:
+            need(self.teacher_name is None, "give --teacher_name or --teacher_logits, not both (a cache replaces the teacher)")
+            need(self.objective == "clm", f"--teacher_logits: offline teacher logits are implemented for clm only (not {self.objective})")
+            unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "validation_split")
+                           if getattr(self, f)] + (["cache_teacher_logits"] if self.cache_teacher_logits else [])
+            need(not unsupported, f"--teacher_logits: --{unsupported[0] if unsupported else ''} needs the teacher's full logits "
+                 "or hidden states (or, for --validation_split, the cache's example order): drop it")
+        elif self.teacher_name is None:
             used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
             need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
                            f"or drop {' '.join('--' + n for n in used)} to train on the labels only")

@@ -39,7 +39,6 @@ from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import freeze_embeddings
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
-from distillation.teacher import Teacher
 from distillation.token_losses import token_losses_for
 
 # loss term -> (config weight, the count it is normalised by)
@@ -54,13 +53,14 @@ class Distiller:
         self.tokenizer, self.train_dataset, self.eval_dataset = tokenizer, train_dataset, eval_dataset
         self.device = env.device
         self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
-        self.teacher = Teacher(teacher, objective, self.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits)
+        self.teacher = teacher  # Teacher (its model, maybe cached logits) or OfflineTeacher (--teacher_logits)
 
         # Hidden-state losses: which layers meet, and a projection when widths differ.
         self.layer_pairs, projection = [], None
         if cfg.uses_hidden_states:
-            self.layer_pairs = parse_layer_map(cfg.layer_map, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-            projection = build_projection(student.config, teacher.config, cfg.hidden_projection)
+            teacher_config = teacher.model.config
+            self.layer_pairs = parse_layer_map(cfg.layer_map, student.config.num_hidden_layers, teacher_config.num_hidden_layers)
+            projection = build_projection(student.config, teacher_config, cfg.hidden_projection)
         self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
         self.token_losses = token_losses_for(cfg, objective, student, self.teacher.model)  # dense or chunked
@@ -137,7 +137,7 @@ class Distiller:
         """Run to the end (or to a stop signal, or an early stop); returns the summary."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main,
-                   desc="distil" if self.teacher.model is not None else "train", unit="step")
+                   desc="distil" if "ce" in self.terms or self.layer_pairs else "train", unit="step")
         start, window, stop_early = time.time(), Window(), False
         try:
             while not stop_early and self.epoch < self.n_epoch and self.step < self.total_steps:

@@ -88,6 +88,34 @@ def tvd(student_logits, teacher_logits, temperature: float, beta=None, mask=None
     return _sum_rows(0.5 * (t - s).abs().sum(dim=-1), mask) * temperature**2
 
 
+def topk_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The student's distribution over a cached top-k support plus the rest of the vocabulary.
+
+    Args:
+        student_logits: [N, V]; ids: [N, K] the teacher's top-k token ids of each row.
+    Returns:
+        [N, K + 1] fp32 log-probabilities: log p_s of each id at T, then log(1 - their sum).
+    """
+    logp = _log_probs(student_logits, temperature).gather(-1, ids)
+    rest = torch.log(torch.clamp(-torch.expm1(torch.logsumexp(logp, dim=-1)), min=1e-30))
+    return torch.cat([logp, rest.unsqueeze(-1)], dim=-1)
+
+
+def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over rows of the Monte-Carlo estimate of KL(p_t || p_s) * T² from K tokens drawn from
+    p_t: mean over the draws of log p_t(x) - log p_s(x). Unbiased for the KL and, since
+    log p_t(x) does not depend on the student, for its gradient (random-sampling KD).
+
+    Args:
+        student_logits: [N, V]; ids: [N, K] draws from the teacher at T (repeats allowed);
+        teacher_logp: [N, K] the teacher's log-probabilities of those draws at T.
+    Returns:
+        scalar fp32 tensor; divide by the global row count.
+    """
+    logp = _log_probs(student_logits, temperature).gather(-1, ids)
+    return (teacher_logp.float() - logp).mean(dim=-1).sum() * temperature**2
+
+
 # --divergence NAME -> (function, the default --divergence_beta or None where β has no role).
 DIVERGENCES = {
     "forward_kl": (forward_kl, None),

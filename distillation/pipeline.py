@@ -17,6 +17,8 @@ from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
 from distillation.models import check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import OBJECTIVES, build_objective
+from distillation.offline_logits import OfflineTeacher, check_identity, read_manifest, run_identity
+from distillation.teacher import Teacher
 
 
 def run(cfg) -> dict:
@@ -62,7 +64,26 @@ def build(cfg, env):
     for data in (train_dataset, eval_dataset):
         if data is not None:
             objective.check_models(teacher, student, data)
-    return Distiller(cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env), fresh
+    if cfg.teacher_logits:
+        source = offline_teacher(cfg, objective, tokenizer, train_dataset, student, env)
+    else:
+        source = Teacher(teacher, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits)
+    return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env), fresh
+
+
+def offline_teacher(cfg, objective, tokenizer, train_dataset, student, env) -> OfflineTeacher:
+    """The --teacher_logits cache, once it is known to be of this run's data, tokenizer and settings."""
+    manifest = read_manifest(cfg.teacher_logits)
+    if not os.path.isfile(cfg.data_file):
+        raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
+    check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
+    if manifest["vocab_size"] != student.config.vocab_size:
+        raise InputError(f"--teacher_logits: the cached teacher has vocab_size={manifest['vocab_size']}, the student "
+                         f"{student.config.vocab_size}: teacher and student must share a vocabulary")
+    if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":
+        raise InputError(f"--divergence {cfg.divergence}: a sampled cache estimates forward KL only (drop --divergence, or "
+                         "cache with --method topk)")
+    return OfflineTeacher(cfg.teacher_logits, manifest, objective, env.device)
 
 
 def _check_dump_path(cfg) -> None:

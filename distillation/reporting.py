@@ -119,7 +119,8 @@ def millions(n) -> str:
 def run_header(d, fresh_weights) -> list:
     """What the run is about to do (d: the Distiller), defaults that were not given included."""
     cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
-    teacher = f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters)" if cfg.teacher_name else "no teacher"
+    teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters)" if cfg.teacher_name
+               else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
     student = f"student {cfg.student_name or cfg.student_config} ({millions(sum(p.numel() for p in d.model.student.parameters()))})"
     evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size

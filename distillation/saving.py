@@ -89,7 +89,7 @@ class ModelFolders:
             f"# {os.path.basename(cfg.dump_path.rstrip('/'))}/{name}", "",
             f"A student trained by `distillation` ({cfg.objective}); this folder holds {why}, "
             f"saved at step {step} (epoch {epoch:.2f}).", "",
-            f"- teacher: {cfg.teacher_name or 'none (trained on the labels only)'}"
+            f"- teacher: {teacher_line(cfg)}"
             + (f", {millions(self.teacher_parameters)} parameters" if self.teacher_parameters else ""),
             f"- student: {cfg.student_name or cfg.student_config}, {millions(n_student)} parameters, "
             f"{model.student.config.num_hidden_layers} layers",
@@ -115,3 +115,9 @@ class ModelFolders:
 
     def load_state_dict(self, state: dict) -> None:
         self.best = dict(state)
+
+
+def teacher_line(cfg) -> str:
+    if cfg.teacher_name:
+        return cfg.teacher_name
+    return f"its logits cached in {cfg.teacher_logits}" if cfg.teacher_logits else "none (trained on the labels only)"

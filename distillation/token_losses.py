@@ -13,7 +13,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
-from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse
+from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, topk_buckets
 from distillation.objectives.lm import gather_rows
 
 
@@ -78,9 +78,30 @@ class ChunkedTokenLosses(DenseTokenLosses):
         return tuple(terms[t] for t in wanted)
 
 
-def token_losses_for(cfg, objective, student, teacher):
-    """ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise."""
-    return ChunkedTokenLosses(cfg, objective, student, teacher) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
+class SparseTokenLosses(DenseTokenLosses):
+    """From full student logits and the cached SparseTargets of --teacher_logits (clm)."""
+
+    def __call__(self, wanted, student_logits, targets, batch) -> dict:
+        terms = {}
+        if "task" in wanted:
+            terms["task"] = self.objective.task_loss(student_logits, batch)
+        if "ce" in wanted:
+            positions, _ = self.objective.token_rows(batch)
+            s_rows, T = gather_rows(student_logits, positions), self.cfg.temperature
+            if targets.method == "sampled":
+                terms["ce"] = sampled_kl(s_rows, targets.ids, targets.values, T)
+            else:  # k + 1 buckets, already log-probabilities at T: the divergence at T = 1, then the T² factor
+                teacher = torch.cat([targets.values, targets.tail.unsqueeze(-1)], dim=-1)
+                terms["ce"] = self.divergence(topk_buckets(s_rows, targets.ids, T), teacher, 1.0, self.cfg.divergence_beta) * T**2
+        return terms
+
+
+def token_losses_for(cfg, objective, student, teacher_model):
+    """SparseTokenLosses with --teacher_logits, ChunkedTokenLosses with --loss_chunk_rows,
+    DenseTokenLosses otherwise."""
+    if cfg.teacher_logits:
+        return SparseTokenLosses(cfg, objective)
+    return ChunkedTokenLosses(cfg, objective, student, teacher_model) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
 
 
 @torch.no_grad()

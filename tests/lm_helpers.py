@@ -127,3 +127,22 @@ def call_script(capsys, name, *args):
     capsys.readouterr()
     code = main([str(a) for a in args])
     return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def first_step(cfg):
+    """(the loss terms of the first optimizer step, the gradients it applied), built in this process."""
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    torch.manual_seed(0)
+    distiller, _ = build(cfg, DistEnv())
+    captured, step = {}, distiller.scaler.step
+
+    def spy(optimizer):
+        captured.update({n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None})
+        return step(optimizer)
+
+    distiller.scaler.step = spy
+    batches = distiller._batches(0)[: cfg.gradient_accumulation_steps]
+    values = distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
+    return values, captured

@@ -15,7 +15,7 @@ from distillation.losses import forward_kl
 from distillation.objectives.clm import shift_labels
 from distillation.pipeline import run
 from lm_helpers import (  # noqa: F401 - single_thread is a fixture
-    CAUSAL_VOCAB, call_script, causal_tokenizer, config, heldout_loss, objective_for, sentences, single_thread, write_binarized,
+    CAUSAL_VOCAB, call_script, causal_tokenizer, config, first_step, heldout_loss, objective_for, sentences, single_thread, write_binarized,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -200,25 +200,6 @@ def test_clm_accuracy_leaves_out_special_targets_and_exact_match_scores_response
     assert metrics["exact_match"] == 0.5
 
 
-def _first_step(cfg):
-    """(the loss terms of the first optimizer step, the gradients it applied)."""
-    from distillation.distributed import DistEnv
-    from distillation.pipeline import build
-
-    torch.manual_seed(0)
-    distiller, _ = build(cfg, DistEnv())
-    captured, step = {}, distiller.scaler.step
-
-    def spy(optimizer):
-        captured.update({n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None})
-        return step(optimizer)
-
-    distiller.scaler.step = spy
-    batches = distiller._batches(0)[: cfg.gradient_accumulation_steps]
-    values = distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
-    return values, captured
-
-
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"])
 def test_chunked_token_losses_equal_the_dense_path(lm, tmp_path, divergence):
     """--loss_chunk_rows 7 (not a divisor of the rows) against full logits: the same loss terms and
@@ -230,8 +211,8 @@ def test_chunked_token_losses_equal_the_dense_path(lm, tmp_path, divergence):
     common = dict(objective="clm", data_file=lm["train"], teacher_name=teacher, student_name=student, alpha_ce=1.0,
                   alpha_task=0.5, alpha_mse=0.1, batch_size=4, gradient_accumulation_steps=2, max_seq_length=32,
                   divergence=divergence, group_by_size=False)
-    dense_values, dense_grads = _first_step(config(**common, dump_path=str(tmp_path / "dense")))
-    chunk_values, chunk_grads = _first_step(config(**common, dump_path=str(tmp_path / "chunked"), loss_chunk_rows=7))
+    dense_values, dense_grads = first_step(config(**common, dump_path=str(tmp_path / "dense")))
+    chunk_values, chunk_grads = first_step(config(**common, dump_path=str(tmp_path / "chunked"), loss_chunk_rows=7))
     for term in ("task", "ce", "mse"):
         assert chunk_values[term] == pytest.approx(dense_values[term], rel=1e-5), term
     assert dense_grads.keys() == chunk_grads.keys() and "student.lm_head.weight" not in dense_grads  # tied

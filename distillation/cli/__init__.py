@@ -41,3 +41,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise InputError(message.removeprefix("argument "))
+
+
+def require_positive(args, *names) -> None:
+    """Exit 2 naming the first of `names` (integer options) below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be >= 1 (got {getattr(args, name)})")

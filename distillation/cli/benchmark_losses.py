@@ -9,7 +9,7 @@ says what is measured and how.
 
 import argparse
 
-from distillation.cli import ArgumentParser, command
+from distillation.cli import ArgumentParser, command, require_positive
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES
 from distillation.tools.loss_benchmark import benchmark, format_results
@@ -27,9 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="Timed passes after one warm-up (the median is shown).")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each measuring process.")
     args = p.parse_args(argv)
-    for name in ("vocab_size", "batch_size", "seq_len", "student_hidden", "teacher_hidden", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    require_positive(args, "vocab_size", "batch_size", "seq_len", "student_hidden", "teacher_hidden", "repeats", "threads")
     if min(args.chunk_rows) < 1:
         raise InputError(f"--chunk_rows must be >= 1 (got {min(args.chunk_rows)})")
     return args

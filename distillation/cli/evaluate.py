@@ -11,8 +11,7 @@ distillation/tools/report.py says how each figure is made.
 import argparse
 import json
 
-from distillation.cli import ArgumentParser, command
-from distillation.errors import InputError
+from distillation.cli import ArgumentParser, command, require_positive
 from distillation.tools.report import (
     EVAL_BATCH_SIZE,
     LATENCY_EXAMPLES,
@@ -35,9 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--latency_examples", type=int, default=LATENCY_EXAMPLES, help="Examples timed one by one for latency.")
     p.add_argument("--json", help="Also write the report here as JSON.")
     args = p.parse_args(argv)
-    for name in ("max_seq_length", "batch_size", "latency_examples"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    require_positive(args, "max_seq_length", "batch_size", "latency_examples")
     return args
 
 

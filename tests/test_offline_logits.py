@@ -1,0 +1,196 @@
+"""--teacher_logits: a cache made once by scripts/cache_teacher.py, read back per example in
+training without the teacher; against the teacher run on each example alone and online KD."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import save_model
+from distillation.losses import forward_kl, sampled_kl, topk_buckets
+from distillation.objectives.lm import gather_rows
+from distillation.offline_logits import OfflineTeacher, read_manifest
+from lm_helpers import (  # noqa: F401 - single_thread is a fixture
+    CAUSAL_VOCAB, call_script, causal_tokenizer, config, first_step, objective_for, sentences, single_thread,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+T = 2.0
+
+
+def _llama(hidden, layers):
+    return LlamaConfig(vocab_size=len(CAUSAL_VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=3)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offline")
+    tok = causal_tokenizer(str(root / "tok"))
+    torch.manual_seed(0)  # random models: their logits depend on the input, so misplaced rows show
+    (root / "train.txt").write_text("\n".join(sentences(60, seed=1)) + "\n")
+    (root / "other.txt").write_text("\n".join(sentences(60, seed=3)) + "\n")
+    return {"root": root, "tokenizer": tok, "train": str(root / "train.txt"), "other": str(root / "other.txt"),
+            "teacher": save_model(LlamaForCausalLM(_llama(48, 2)), tok, str(root / "teacher")),
+            "student": save_model(LlamaForCausalLM(_llama(32, 1)), tok, str(root / "student"))}
+
+
+def _cache(capsys, lm, dump, *extra):
+    code, err = call_script(capsys, "cache_teacher", "--teacher_name", lm["teacher"], "--data_file", lm["train"],
+                            "--max_seq_length", 24, "--dump_path", dump, "--temperature", T, "--shard_size", 5,
+                            "--batch_size", 3, *extra)
+    assert code == 0, err
+    return dump
+
+
+def test_each_example_gets_its_own_teacher_topk(lm, tmp_path, capsys):
+    """Shards of 5, batches of 3 (padding, shards cut across batches): read back per example, the
+    cache equals the teacher run on that example alone."""
+    dump = _cache(capsys, lm, tmp_path / "cache", "--k", 6)
+    manifest = read_manifest(str(dump))
+    cfg = config(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24)
+    objective = objective_for(cfg)
+    dataset = objective.load_dataset(lm["train"], "--data_file")
+    assert manifest["n_examples"] == len(dataset) > 10 and manifest["shards"] == -(-len(dataset) // 5)
+    assert manifest["bytes_per_position"] == 6 * (2 + 2) + 2
+    reader = OfflineTeacher(str(dump), manifest, objective, torch.device("cpu"))
+    teacher = LlamaForCausalLM.from_pretrained(lm["teacher"]).eval()
+    for index in (0, 4, 5, 7, len(dataset) - 1):
+        batch = objective.collate([dataset[index]])
+        positions, _ = objective.token_rows(batch)
+        with torch.no_grad():
+            logp = torch.log_softmax(gather_rows(teacher(input_ids=batch["input_ids"]).logits, positions) / T, -1)
+        values, ids = logp.topk(6, dim=-1)
+        got, _ = reader.outputs(batch)
+        assert torch.equal(got.ids, ids), index
+        assert torch.allclose(got.values, values, atol=2e-2, rtol=1e-3), index
+        assert torch.allclose(got.tail.exp(), 1 - values.exp().sum(-1), atol=2e-3), index
+
+
+def test_a_whole_vocabulary_topk_cache_trains_as_online_kd(lm, tmp_path, capsys):
+    """k = vocabulary: the cached distribution is the teacher's (to fp16), so the first step's loss
+    terms and gradients are online KD's, with no teacher loaded."""
+    dump = _cache(capsys, lm, tmp_path / "cache", "--k", len(CAUSAL_VOCAB))
+    common = dict(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24, alpha_ce=1.0,
+                  alpha_task=0.5, batch_size=4, gradient_accumulation_steps=2, temperature=T)
+    online, online_grads = first_step(config(**common, teacher_name=lm["teacher"], dump_path=str(tmp_path / "online")))
+    offline, offline_grads = first_step(config(**common, teacher_logits=str(dump), dump_path=str(tmp_path / "offline")))
+    assert offline["task"] == pytest.approx(online["task"], rel=1e-6)
+    assert offline["ce"] == pytest.approx(online["ce"], rel=2e-3)
+    for name, grad in online_grads.items():
+        assert torch.allclose(offline_grads[name], grad, rtol=2e-2, atol=2e-4), name
+
+
+def test_topk_buckets_and_sampled_kl_against_hand_formulas():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 9), torch.randn(5, 9) * 2
+    ids = torch.tensor([[0, 3], [8, 1], [2, 2 + 1], [5, 6], [4, 0]])
+    q = torch.softmax(s / T, -1)
+    buckets = topk_buckets(s, ids, T).exp()
+    for r in range(5):
+        kept = [q[r, i].item() for i in ids[r]]
+        assert buckets[r].tolist() == pytest.approx(kept + [1 - sum(kept)], rel=1e-5)
+    # Sampled: the mean of log p_t(x) - log p_s(x) over draws x ~ p_t; many draws approach the KL.
+    logp_t = torch.log_softmax(t / T, -1)
+    draws = torch.multinomial(logp_t.exp(), 20000, replacement=True, generator=torch.Generator().manual_seed(1))
+    by_hand = sum((logp_t[r, draws[r]] - torch.log(q[r, draws[r]])).mean().item() for r in range(5)) * T * T
+    estimate = sampled_kl(s, draws, logp_t.gather(-1, draws), T).item()
+    assert estimate == pytest.approx(by_hand, rel=1e-4)
+    assert estimate == pytest.approx(forward_kl(s, t, T).item(), rel=0.03)
+
+
+def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "sampled", "--k", 12)
+    assert read_manifest(str(dump))["bytes_per_position"] == 12 * (2 + 2)
+    run = tmp_path / "run"
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
+                            "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
+                            "--alpha_ce", 1, "--alpha_task", 0, "--learning_rate", 3e-3, "--max_steps", 30, "--log_interval", 5,
+                            "--batch_size", 4)
+    assert code == 0, err
+    losses = [r["loss_ce"] for r in map(json.loads, open(run / "metrics.jsonl")) if "loss_ce" in r]
+    assert len(losses) >= 5 and np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
+                            "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", tmp_path / "jsd",
+                            "--divergence", "jsd")
+    assert code == 2 and err == ["error: --divergence jsd: a sampled cache estimates forward KL only (drop --divergence, or "
+                                 "cache with --method topk)"]
+
+
+@pytest.mark.parametrize("change,expect", [
+    (["--data_file", "other"], "another data_sha256"),
+    (["--temperature", "1.0"], "another temperature (2.0; this run: 1.0)"),
+    (["--max_seq_length", "16"], "another max_seq_length (24; this run: 16)"),
+    (["--student_name", "retokenized"], "another tokenizer_sha256"),
+])
+def test_a_cache_of_other_data_tokenizer_or_settings_is_refused(lm, tmp_path, capsys, change, expect):
+    dump = _cache(capsys, lm, tmp_path / "cache", "--k", 4)
+    values = {"--student_name": lm["student"], "--data_file": lm["train"], "--max_seq_length": "24", "--temperature": str(T)}
+    if change[1] == "other":
+        change = [change[0], lm["other"]]
+    if change[1] == "retokenized":
+        # The same words and size, two of them swapped: other ids for the same text.
+        tok = AutoTokenizer.from_pretrained(lm["student"])
+        vocab = json.loads(tok.backend_tokenizer.to_str())
+        table = vocab["model"]["vocab"]
+        a, b = CAUSAL_VOCAB[5], CAUSAL_VOCAB[6]
+        table[a], table[b] = table[b], table[a]
+        tok.backend_tokenizer.from_str(json.dumps(vocab)).save(str(tmp_path / "tokenizer.json"))
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
+                                      unk_token="<unk>", pad_token="<pad>")
+        folder = save_model(LlamaForCausalLM(_llama(32, 1)), tok, str(tmp_path / "retokenized"))
+        change = [change[0], folder]
+    values[change[0]] = change[1]
+    argv = ["--objective", "clm", "--teacher_logits", dump, "--dump_path", tmp_path / "run"] + [x for kv in values.items() for x in kv]
+    code, err = call_script(capsys, "train", *argv)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --teacher_logits: the cache was made with " + expect), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_cache_pass_resumes_and_a_truncated_shard_is_refused(lm, tmp_path, capsys):
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "sampled", "--k", 5)
+    before = {name: np.load(dump / name) for name in sorted(os.listdir(dump)) if name.endswith(".npy")}
+    for name in ("shard-00001.rows.npy", "shard-00001.ids.npy", "shard-00002.rows.npy"):
+        os.remove(dump / name)
+    _cache(capsys, lm, dump, "--method", "sampled", "--k", 5)
+    for name, array in before.items():
+        assert np.array_equal(np.load(dump / name), array), name  # the same draws: seeded per shard
+    code, err = call_script(capsys, "cache_teacher", "--teacher_name", lm["teacher"], "--data_file", lm["train"],
+                            "--max_seq_length", 24, "--dump_path", dump, "--temperature", T, "--shard_size", 5, "--k", 6)
+    assert code == 2 and err == ["error: --dump_path: '" + str(dump) + "' holds a cache made with another method ('sampled'; "
+                                 "now 'topk'); add --force to replace it"]
+    values = np.load(dump / "shard-00000.values.npy")
+    np.save(dump / "shard-00000.values.npy", values[:-1])
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
+                            "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", tmp_path / "run")
+    assert code == 2 and err == [f"error: --teacher_logits: shard 0 of '{dump}' is truncated"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_topk_loss_is_the_kl_over_k_tokens_and_the_rest(lm):
+    """SparseTokenLosses on a k=4 support, by hand: buckets = the 4 ids and the tail mass."""
+    from distillation.offline_logits import sparse_targets
+    from distillation.token_losses import SparseTokenLosses
+
+    cfg = config(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24, teacher_logits="unused",
+                 alpha_ce=1.0, temperature=T)
+    objective = objective_for(cfg)
+    dataset = objective.load_dataset(lm["train"], "--data_file")
+    batch = objective.collate([dataset[0], dataset[1]])
+    positions, _ = objective.token_rows(batch)
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(*batch["input_ids"].shape, len(CAUSAL_VOCAB)) * 2, torch.randn(len(positions), len(CAUSAL_VOCAB)) * 3
+    targets = sparse_targets(t_logits, "topk", 4, T, None)
+    got = SparseTokenLosses(cfg, objective)(["ce"], s_logits, targets, batch)["ce"].item()
+    p, q = torch.softmax(t_logits.double() / T, -1), torch.softmax(gather_rows(s_logits, positions).double() / T, -1)
+    expected = 0.0
+    for r in range(len(positions)):
+        top = p[r].topk(4).indices
+        pb = torch.cat([p[r, top], (1 - p[r, top].sum()).unsqueeze(0)])
+        qb = torch.cat([q[r, top], (1 - q[r, top].sum()).unsqueeze(0)])
+        expected += (pb * (pb.log() - qb.log())).sum().item() * T * T
+    assert got == pytest.approx(expected, rel=1e-4)
