@@ -85,8 +85,9 @@ class DistillConfig:
     # --- models --------------------------------------------------------------------------------
     teacher_name: Optional[str] = _opt(None, "Teacher: hub name or folder, with its trained head for the objective.", "models",
                                        shown="none: plain training on the labels (needs --alpha_ce 0 and no other teacher loss)")
-    teacher_logits: Optional[str] = _opt(None, "clm: train from a cache of the teacher's logits made by scripts/cache_teacher.py "
-                                         "(a folder), without loading the teacher.", "models", shown="none: the teacher runs in the loop")
+    teacher_logits: Optional[str] = _opt(None, "clm or classification: train from a cache of the teacher's outputs made by "
+                                         "scripts/cache_teacher.py (a folder), without loading the teacher.", "models",
+                                         shown="none: the teacher runs in the loop")
     student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).", "models",
                                        shown="none: give this or --student_config")
     student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
@@ -290,8 +291,8 @@ class DistillConfig:
         need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
         if self.teacher_logits is not None:
             need(self.teacher_name is None, "give --teacher_name or --teacher_logits, not both (a cache replaces the teacher)")
-            need(self.objective == "clm", f"--teacher_logits: offline teacher logits are implemented for clm only (not {self.objective})")
-            unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "validation_split")
+            need(self.objective != "mlm", "--teacher_logits: mlm re-masks every step, so its teacher logits cannot be cached")
+            unsupported = [f for f in ("alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "validation_split")
                            if getattr(self, f)] + (["cache_teacher_logits"] if self.cache_teacher_logits else [])
             need(not unsupported, f"--teacher_logits: --{unsupported[0] if unsupported else ''} needs the teacher's full logits "
                  "or hidden states (or, for --validation_split, the cache's example order): drop it")

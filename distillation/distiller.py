@@ -63,7 +63,7 @@ class Distiller:
             projection = build_projection(student.config, teacher_config, cfg.hidden_projection)
         self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
-        self.token_losses = token_losses_for(cfg, objective, student, self.teacher.model)  # dense or chunked
+        self.token_losses = token_losses_for(cfg, objective, student, self.teacher)  # dense, chunked or sparse
         self.train_model = self.model
         if env.is_distributed:
             self.train_model = DistributedDataParallel(

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
+from distillation.offline_logits import TEACHER_CONFIG
 
 # Weights load as fp32 whatever dtype a checkpoint was saved in: transformers 5 would otherwise
 # keep a bf16/fp16 checkpoint's dtype, and AdamW on half-precision weights loses small updates
@@ -40,7 +41,10 @@ def load_config(name: str, flag: str):
 
 def load_configs(cfg):
     """(teacher config or None, student config), checked against --teacher_type / --student_type."""
-    teacher = load_config(cfg.teacher_name, "--teacher_name") if cfg.teacher_name else None
+    if cfg.teacher_logits:  # the cache keeps its teacher's config: labels, vocabulary, positions
+        teacher = load_config(os.path.join(cfg.teacher_logits, TEACHER_CONFIG), "--teacher_logits")
+    else:
+        teacher = load_config(cfg.teacher_name, "--teacher_name") if cfg.teacher_name else None
     if cfg.student_name:
         student = load_config(cfg.student_name, "--student_name")
     elif os.path.isdir(cfg.student_config):

@@ -80,6 +80,8 @@ def offline_teacher(cfg, objective, tokenizer, train_dataset, student, env) -> O
     if manifest["vocab_size"] != student.config.vocab_size:
         raise InputError(f"--teacher_logits: the cached teacher has vocab_size={manifest['vocab_size']}, the student "
                          f"{student.config.vocab_size}: teacher and student must share a vocabulary")
+    if manifest["method"] != "full" and cfg.alpha_mse:
+        raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")
     if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":
         raise InputError(f"--divergence {cfg.divergence}: a sampled cache estimates forward KL only (drop --divergence, or "
                          "cache with --method topk)")

@@ -96,12 +96,12 @@ class SparseTokenLosses(DenseTokenLosses):
         return terms
 
 
-def token_losses_for(cfg, objective, student, teacher_model):
-    """SparseTokenLosses with --teacher_logits, ChunkedTokenLosses with --loss_chunk_rows,
-    DenseTokenLosses otherwise."""
-    if cfg.teacher_logits:
+def token_losses_for(cfg, objective, student, teacher):
+    """For the teacher source `teacher` (Teacher or OfflineTeacher): SparseTokenLosses for a clm
+    cache, ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise."""
+    if getattr(teacher, "sparse", False):
         return SparseTokenLosses(cfg, objective)
-    return ChunkedTokenLosses(cfg, objective, student, teacher_model) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
+    return ChunkedTokenLosses(cfg, objective, student, teacher.model) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
 
 
 @torch.no_grad()

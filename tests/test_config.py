@@ -122,7 +122,7 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
      "--divergence_beta must be in [0, 1) for --divergence skew_kl"),
     (["--divergence", "jsd", "--divergence_beta", "1.5", "--teacher_name", "t"], "--divergence_beta must be in [0, 1] for --divergence jsd"),
     (["--loss_chunk_rows", "8", "--teacher_name", "t"], "--loss_chunk_rows 8: chunked losses are implemented for clm only"),
-    (["--teacher_logits", "c"], "--teacher_logits: offline teacher logits are implemented for clm only"),
+    (["--objective", "mlm", "--token_counts", "c", "--teacher_logits", "c"], "--teacher_logits: mlm re-masks every step"),
     (["--objective", "clm", "--teacher_logits", "c", "--teacher_name", "t"], "give --teacher_name or --teacher_logits, not both"),
     (["--objective", "clm", "--teacher_logits", "c", "--alpha_cos", "1"], "--teacher_logits: --alpha_cos needs the teacher's"),
     (["--objective", "clm", "--teacher_logits", "c", "--loss_chunk_rows", "8"], "--teacher_logits: --loss_chunk_rows needs"),

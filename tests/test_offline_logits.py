@@ -56,7 +56,7 @@ def test_each_example_gets_its_own_teacher_topk(lm, tmp_path, capsys):
     objective = objective_for(cfg)
     dataset = objective.load_dataset(lm["train"], "--data_file")
     assert manifest["n_examples"] == len(dataset) > 10 and manifest["shards"] == -(-len(dataset) // 5)
-    assert manifest["bytes_per_position"] == 6 * (2 + 2) + 2
+    assert manifest["bytes_per_row"] == 6 * (2 + 2) + 2
     reader = OfflineTeacher(str(dump), manifest, objective, torch.device("cpu"))
     teacher = LlamaForCausalLM.from_pretrained(lm["teacher"]).eval()
     for index in (0, 4, 5, 7, len(dataset) - 1):
@@ -105,7 +105,7 @@ def test_topk_buckets_and_sampled_kl_against_hand_formulas():
 
 def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
     dump = _cache(capsys, lm, tmp_path / "cache", "--method", "sampled", "--k", 12)
-    assert read_manifest(str(dump))["bytes_per_position"] == 12 * (2 + 2)
+    assert read_manifest(str(dump))["bytes_per_row"] == 12 * (2 + 2)
     run = tmp_path / "run"
     code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
                             "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
@@ -194,3 +194,47 @@ def test_topk_loss_is_the_kl_over_k_tokens_and_the_rest(lm):
         qb = torch.cat([q[r, top], (1 - q[r, top].sum()).unsqueeze(0)])
         expected += (pb * (pb.log() - qb.log())).sum().item() * T * T
     assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_classification_cache_trains_as_the_online_teacher(assets, tmp_path, capsys):
+    """Whole logits per example (shards of 7, batches of 5): each row is the teacher's on that
+    example alone, and the first step's loss terms and gradients are online KD's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import build_distiller, first_step_grads
+
+    dump = tmp_path / "cache"
+    code, err = call_script(capsys, "cache_teacher", "--objective", "sequence_classification", "--teacher_name", assets["teacher"],
+                            "--data_file", assets["train"], "--dump_path", dump, "--shard_size", 7, "--batch_size", 5)
+    assert code == 0, err
+    manifest = read_manifest(str(dump))
+    assert manifest["method"] == "full" and manifest["bytes_per_row"] == 2 * 4
+    offline, dataset, tokenizer = build_distiller(assets, tmp_path / "off", teacher_name=None, teacher_logits=str(dump), alpha_mse=0.2)
+    teacher = AutoModelForSequenceClassification.from_pretrained(assets["teacher"]).eval()
+    for index in (0, 6, 7, 50, len(dataset) - 1):
+        batch = offline.objective.collate([dataset[index]])
+        with torch.no_grad():
+            expected = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got, _ = offline.teacher.outputs(batch)
+        assert torch.allclose(got, expected, atol=1e-5), index
+    online, _, _ = build_distiller(assets, tmp_path / "on", alpha_mse=0.2, cache_teacher_logits=False)
+    grads_online, grads_offline = first_step_grads(online), first_step_grads(offline)
+    for name, grad in grads_online.items():
+        assert torch.allclose(grads_offline[name], grad, rtol=1e-4, atol=1e-6), name
+    assert offline.teacher.model is None
+
+
+def test_a_classification_cache_of_another_text_column_is_refused(assets, tmp_path, capsys):
+    from conftest import make_examples, write_jsonl
+
+    rows = [{**r, "other": r["text"][::-1]} for r in make_examples(30, seed=5)]
+    data = write_jsonl(str(tmp_path / "two_columns.jsonl"), rows)
+    dump = tmp_path / "cache"
+    code, err = call_script(capsys, "cache_teacher", "--objective", "sequence_classification", "--teacher_name", assets["teacher"],
+                            "--data_file", data, "--dump_path", dump)
+    assert code == 0, err
+    code, err = call_script(capsys, "train", "--teacher_logits", dump, "--student_name", assets["student"], "--data_file", data,
+                            "--text_column", "other", "--dump_path", tmp_path / "run")
+    assert code == 2 and err == ["error: --teacher_logits: the cache was made with another text_column ('text'; this run: "
+                                 "'other'): remake it for this run, or change --text_column to the cache's"]
+    assert not (tmp_path / "run").exists()
