@@ -111,7 +111,8 @@ class DistillConfig:
                                             shown="0.5 for jsd, 0.1 for skew_kl")
     loss_chunk_rows: int = _opt(0, "clm: compute CE and --divergence over this many target rows at a time from the final hidden "
                                 "states, so the [tokens, vocab] logits never exist at once (0 = dense, from full logits).", "losses")
-    alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target term (--divergence, KL by default).", "losses", also="0 without --teacher_name")
+    alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target term (--divergence, KL by default).", "losses",
+                                     also="0 without --teacher_name")
     alpha_task: Optional[float] = _opt(None, "Weight of the hard-label loss (classification CE, MLM or CLM).", "losses")
     alpha_mlm: Optional[float] = _opt(None, "Reference flag: weight of the MLM loss (mlm only; 0 for other objectives).", "losses",
                                       shown="--alpha_task")

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 from torch import nn
 
 from distillation.errors import InputError
-from distillation.models import forward_inputs
+from distillation.models import final_outputs, forward_inputs
 
 LayerPairs = List[Tuple[int, int]]
 
@@ -71,9 +71,7 @@ class StudentWithProjection(nn.Module):
     def forward(self, inputs: dict, with_hidden: bool = False, logits: bool = True):
         """`logits=False`: the base model's final hidden states [B, S, H] in place of the logits
         (--loss_chunk_rows applies the LM head chunk by chunk)."""
-        model = self.student if logits else self.student.base_model
-        out = model(**{k: v for k, v in inputs.items() if k in self.accepted}, output_hidden_states=with_hidden)
-        first = out.logits if logits else out.last_hidden_state
+        first, out = final_outputs(self.student, {k: v for k, v in inputs.items() if k in self.accepted}, with_hidden, logits)
         if not with_hidden:
             return first, None
         hidden = [out.hidden_states[i + 1] for i in self.student_layers]

@@ -97,8 +97,13 @@ def topk_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: f
         [N, K + 1] fp32 log-probabilities: log p_s of each id at T, then log(1 - their sum).
     """
     logp = _log_probs(student_logits, temperature).gather(-1, ids)
-    rest = torch.log(torch.clamp(-torch.expm1(torch.logsumexp(logp, dim=-1)), min=1e-30))
-    return torch.cat([logp, rest.unsqueeze(-1)], dim=-1)
+    return torch.cat([logp, log_rest(logp).unsqueeze(-1)], dim=-1)
+
+
+def log_rest(logp: torch.Tensor) -> torch.Tensor:
+    """[N, K] log-probabilities of K distinct classes -> [N] log of the mass outside them,
+    log(1 - Σ p), floored at 1e-30 (the K may hold all of it)."""
+    return torch.log(torch.clamp(-torch.expm1(torch.logsumexp(logp, dim=-1)), min=1e-30))
 
 
 def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -218,6 +218,13 @@ def check_tokenizers(cfg, tokenizer) -> None:
         raise InputError("--student_name has a different vocabulary from --teacher_name: teacher and student must share a tokenizer")
 
 
+def final_outputs(model, inputs: dict, with_hidden: bool = False, logits: bool = True):
+    """(the logits, or with `logits=False` the base model's final hidden states [B, S, H] that the
+    LM head would turn into them; the model's output, for its hidden states)."""
+    out = (model if logits else model.base_model)(**inputs, output_hidden_states=with_hidden)
+    return (out.logits if logits else out.last_hidden_state), out
+
+
 def forward_inputs(model) -> set:
     """Names of the inputs `model.forward` accepts (a DistilBERT takes no token_type_ids)."""
     return set(inspect.signature(model.forward).parameters)

@@ -1,6 +1,6 @@
 """Teacher logits computed once, offline, and read back in training (`--teacher_logits DIR`).
 
-`scripts/cache_teacher.py` runs the teacher over a dataset. For classification it keeps each
+`scripts/cache_teacher.py` runs the teacher over a dataset (distillation/cache_pass.py). For classification it keeps each
 example's logits whole (`full`, fp32: 4·num_labels bytes). For clm it keeps, for every target
 position (the positions the loss trains: all real tokens of text, the response of
 instruction data), a compact picture of the teacher's distribution at temperature T:
@@ -29,7 +29,6 @@ shards; under torchrun rank r writes shards r, r + world, ...
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from distillation.errors import InputError
-from distillation.objectives.lm import gather_rows
+from distillation.losses import log_rest
 
 FORMAT = 1
 METHODS = ("topk", "sampled", "full")  # full: classification's logits, whole
@@ -82,15 +81,12 @@ class SparseTargets:
     tail: Optional[torch.Tensor]
 
 
-# --- writing (the cache pass) -----------------------------------------------------------------
 def sparse_targets(teacher_rows: torch.Tensor, method: str, k: int, temperature: float, generator) -> SparseTargets:
     """[N, V] teacher logits -> their SparseTargets (fp32)."""
     logp = torch.log_softmax(teacher_rows.float() / temperature, dim=-1)
     if method == "topk":
         values, ids = logp.topk(k, dim=-1)
-        kept = torch.logsumexp(values, dim=-1)
-        tail = torch.log(torch.clamp(-torch.expm1(kept), min=1e-30))  # log(1 - kept mass)
-        return SparseTargets(method, ids, values, tail)
+        return SparseTargets(method, ids, values, log_rest(values))
     ids = torch.multinomial(logp.exp(), k, replacement=True, generator=generator)
     return SparseTargets(method, ids, logp.gather(-1, ids), None)
 
@@ -99,30 +95,13 @@ def id_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.int32
 
 
-def write_shard(folder: str, shard: int, parts: dict, counts: list, dtypes: dict) -> None:
-    """Save one shard: `parts[name]` are the [rows, ...] tensors of its batches in order, `counts`
-    the rows of each example."""
-    stem = os.path.join(folder, f"shard-{shard:05d}")
-    arrays = {name: torch.cat(chunks).cpu().numpy().astype(dtypes[name]) for name, chunks in parts.items()}
-    arrays["rows"] = np.cumsum([0] + counts).astype(np.int64)
-    for name, array in arrays.items():  # rows last: its presence marks the shard complete
-        np.save(f"{stem}.{name}.tmp.npy", array)
-        os.replace(f"{stem}.{name}.tmp.npy", f"{stem}.{name}.npy")
-
-
-def batch_entries(objective, logits: torch.Tensor, batch, method: str, k: int, temperature: float, generator):
-    """({array name: [rows, ...] tensor}, rows of each example) of one batch of teacher logits:
-    classification keeps each example's logits ("full"), clm its target positions' SparseTargets."""
-    if method == "full":
-        return {"values": logits.float()}, [1] * len(logits)
-    positions, _ = objective.token_rows(batch)
-    t = sparse_targets(gather_rows(logits, positions), method, k, temperature, generator)
-    entries = {"ids": t.ids, "values": t.values, **({"tail": t.tail} if t.tail is not None else {})}
-    return entries, torch.bincount(positions // logits.shape[1], minlength=logits.shape[0]).tolist()
+def shard_stem(folder: str, shard: int) -> str:
+    """Path prefix of one shard's arrays: `{stem}.{name}.npy`."""
+    return os.path.join(folder, f"shard-{shard:05d}")
 
 
 def shard_done(folder: str, shard: int) -> bool:
-    return os.path.exists(os.path.join(folder, f"shard-{shard:05d}.rows.npy"))
+    return os.path.exists(f"{shard_stem(folder, shard)}.rows.npy")
 
 
 def read_manifest(folder: str, flag: str = "--teacher_logits") -> dict:
@@ -148,71 +127,6 @@ def check_identity(manifest: dict, identity: dict, flag: str = "--teacher_logits
                              f"remake it for this run, or change {run_flag} to the cache's")
 
 
-def cache_pass(cfg, env, method: str, k: int, shard_size: int, batch_size: int, force: bool) -> dict:
-    """Run cfg's teacher over cfg.data_file and write the cache to cfg.dump_path; returns the
-    manifest. Shards already complete under the same manifest are kept (resume)."""
-    from tqdm import tqdm
-
-    from distillation.distributed import barrier
-    from distillation.models import forward_inputs, load_configs, load_teacher, load_tokenizer, sequence_limit
-    from distillation.objectives import build_objective
-
-    tokenizer = load_tokenizer(cfg)
-    teacher_config, _ = load_configs(cfg)
-    cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
-    objective = build_objective(cfg, tokenizer, teacher_config)
-    dataset = objective.load_dataset(cfg.data_file, "--data_file")
-    full = method == "full"
-    dtypes = {"ids": id_dtype(teacher_config.vocab_size), "values": np.float32 if full else np.float16, "tail": np.float16}
-    arrays = ["values"] if full else ["ids", "values"] + (["tail"] if method == "topk" else [])
-    manifest = {"format": FORMAT, **run_identity(cfg, tokenizer, len(dataset)), "teacher": cfg.teacher_name, "method": method,
-                "k": None if full else k, "vocab_size": teacher_config.vocab_size, "arrays": arrays,
-                "dtypes": {n: np.dtype(dtypes[n]).name for n in arrays}, "shard_size": shard_size,
-                "shards": -(-len(dataset) // shard_size), "seed": cfg.seed}
-    per_row = teacher_config.num_labels if full else k
-    manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * (1 if n == "tail" else per_row) for n in arrays)
-    path = os.path.join(cfg.dump_path, "manifest.json")
-    if os.path.exists(path) and not force:
-        old = read_manifest(cfg.dump_path, "--dump_path")
-        changed = [key for key in manifest if old.get(key) != manifest[key]]
-        if changed:
-            raise InputError(f"--dump_path: '{cfg.dump_path}' holds a cache made with another {changed[0]} "
-                             f"({old.get(changed[0])!r}; now {manifest[changed[0]]!r}); add --force to replace it")
-    elif os.path.exists(cfg.dump_path) and os.listdir(cfg.dump_path) and not force:
-        raise InputError(f"--dump_path: '{cfg.dump_path}' exists and holds no cache; add --force to replace it")
-    teacher = load_teacher(cfg, objective, teacher_config).to(env.device)
-    accepted = forward_inputs(teacher)
-    if env.is_main:
-        if force and os.path.isdir(cfg.dump_path):
-            shutil.rmtree(cfg.dump_path)
-        os.makedirs(cfg.dump_path, exist_ok=True)
-        teacher_config.save_pretrained(os.path.join(cfg.dump_path, TEACHER_CONFIG))  # labels, vocabulary, positions
-        with open(path, "w") as f:
-            json.dump(manifest, f, indent=2)
-    barrier(env)
-    mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
-    bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
-               disable=not env.is_main)
-    for shard in mine:
-        generator = torch.Generator(env.device).manual_seed(cfg.seed * 100_003 + shard)  # resumable, rank-independent
-        indices = list(range(shard * shard_size, min((shard + 1) * shard_size, len(dataset))))
-        parts, counts = {}, []
-        for start in range(0, len(indices), batch_size):
-            batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
-            batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
-            with torch.no_grad():
-                logits = teacher(**{key: v for key, v in objective.model_inputs(batch).items() if key in accepted}).logits
-            entries, rows = batch_entries(objective, logits, batch, method, k, cfg.temperature, generator)
-            for name, tensor in entries.items():
-                parts.setdefault(name, []).append(tensor)
-            counts += rows
-            bar.update(len(rows))
-        write_shard(cfg.dump_path, shard, parts, counts, dtypes)
-    bar.close()
-    barrier(env)
-    return manifest
-
-
 # --- reading (training) -----------------------------------------------------------------------
 class OfflineTeacher:
     """Serves a cache's teacher outputs for training batches: SparseTargets (clm) or the logits
@@ -225,7 +139,7 @@ class OfflineTeacher:
         self.sparse = self.method != "full"  # what token_losses_for needs to know
         self.rows, self.arrays = [], []
         for shard in range(manifest["shards"]):
-            stem = os.path.join(folder, f"shard-{shard:05d}")
+            stem = shard_stem(folder, shard)
             if not shard_done(folder, shard):
                 raise InputError(f"--teacher_logits: shard {shard} of '{folder}' is missing or incomplete; "
                                  "rerun scripts/cache_teacher.py with the same flags to finish it")

@@ -155,8 +155,8 @@ def loss_formula(cfg, objective) -> str:
     """`0.5·KL(T=2) + 0.5·CE(task)` (or `1·JSD(T=2, β=0.5) + ...`): the run's loss terms with their weights."""
     beta = "" if cfg.divergence_beta is None else f", β={cfg.divergence_beta:g}"
     terms = ((f"{DIVERGENCE_NAMES[cfg.divergence]}(T={cfg.temperature:g}{beta})", cfg.alpha_ce),
-             (f"CE({objective.task_loss_name})", cfg.alpha_task), ("logit MSE", cfg.alpha_mse), (f"hidden MSE ({cfg.layer_map})", cfg.alpha_hidden_mse),
-             (f"hidden cosine ({cfg.layer_map})", cfg.alpha_cos))
+             (f"CE({objective.task_loss_name})", cfg.alpha_task), ("logit MSE", cfg.alpha_mse),
+             (f"hidden MSE ({cfg.layer_map})", cfg.alpha_hidden_mse), (f"hidden cosine ({cfg.layer_map})", cfg.alpha_cos))
     return " + ".join(f"{alpha:g}·{name}" for name, alpha in terms if alpha > 0)
 
 

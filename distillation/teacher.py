@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from distillation.models import forward_inputs
+from distillation.models import final_outputs, forward_inputs
 
 
 class TeacherCache:
@@ -61,9 +61,7 @@ class Teacher:
             if cached is not None:
                 return cached, None
         inputs = {k: v for k, v in self.objective.model_inputs(batch).items() if k in self.accepted}
-        model = self.model if logits else self.model.base_model
-        out = model(**inputs, output_hidden_states=with_hidden)
-        first = out.logits if logits else out.last_hidden_state
+        first, out = final_outputs(self.model, inputs, with_hidden, logits)
         if cache is not None:
             cache.put(batch["index"], first)
         return first, (out.hidden_states[1:] if with_hidden else None)

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, topk_buckets
+from distillation.models import final_outputs
 from distillation.objectives.lm import gather_rows
 
 
@@ -114,10 +115,10 @@ def checked_head(model, role: str):
         ids = torch.arange(1, 9, device=head.weight.device).remainder(head.weight.shape[0]).unsqueeze(0)
         was_training = model.training
         model.eval()
-        dense = model(input_ids=ids).logits.float()
-        chunked = head(model.base_model(input_ids=ids).last_hidden_state).float()
+        dense, _ = final_outputs(model, {"input_ids": ids})
+        chunked = head(final_outputs(model, {"input_ids": ids}, logits=False)[0])
         model.train(was_training)
-        same = torch.allclose(dense, chunked, rtol=1e-4, atol=1e-4)
+        same = torch.allclose(dense.float(), chunked.float(), rtol=1e-4, atol=1e-4)
     if not same:
         raise InputError(f"--loss_chunk_rows: the {role}'s logits are not its output embeddings applied to its final hidden "
                          f"states ({type(model).__name__}); use --loss_chunk_rows 0 (dense)")

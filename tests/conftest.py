@@ -147,8 +147,8 @@ def build_distiller(assets, dump, **overrides):
     return distiller, distiller.train_dataset, distiller.tokenizer
 
 
-def first_step_grads(distiller):
-    """Run the first optimizer step; return the gradients it applied (captured just before)."""
+def first_step(distiller):
+    """Run the first optimizer step: (its loss terms, the gradients it applied, captured just before)."""
     captured, step = {}, distiller.scaler.step
 
     def spy(optimizer):
@@ -157,5 +157,10 @@ def first_step_grads(distiller):
 
     distiller.scaler.step = spy
     batches = distiller._batches(0)[: distiller.cfg.gradient_accumulation_steps]
-    distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
-    return captured
+    values = distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
+    return values, captured
+
+
+def first_step_grads(distiller):
+    """The gradients of the first optimizer step."""
+    return first_step(distiller)[1]

@@ -19,6 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
 
 from conftest import ROOT, VOCAB
+from conftest import first_step as _first_step
 from distillation.config import DistillConfig
 from distillation.objectives import build_objective
 
@@ -135,14 +136,4 @@ def first_step(cfg):
     from distillation.pipeline import build
 
     torch.manual_seed(0)
-    distiller, _ = build(cfg, DistEnv())
-    captured, step = {}, distiller.scaler.step
-
-    def spy(optimizer):
-        captured.update({n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None})
-        return step(optimizer)
-
-    distiller.scaler.step = spy
-    batches = distiller._batches(0)[: cfg.gradient_accumulation_steps]
-    values = distiller._step([distiller.objective.collate([distiller.train_dataset[i] for i in b]) for b in batches])
-    return values, captured
+    return _first_step(build(cfg, DistEnv())[0])

@@ -14,11 +14,12 @@ tokenizer, columns, --max_seq_length, --prompt_template and --temperature (check
 
 import argparse
 
+from distillation.cache_pass import cache_pass
 from distillation.cli import ArgumentParser, command, require_positive
 from distillation.config import DistillConfig
 from distillation.distributed import init_distributed, shutdown
 from distillation.errors import InputError
-from distillation.offline_logits import METHODS, cache_pass
+from distillation.offline_logits import METHODS
 
 
 def parse_args(argv=None):
