@@ -40,7 +40,7 @@ class Interrupted(Exception):
 
 @dataclass
 class DemoSettings:
-    """Sizes and hyperparameters of a demo run: 10 min 20 s on 2 AVX2-only EPYC cores (fp32),
+    """Sizes and hyperparameters of a demo run: 9.5-10.5 min on 2 AVX2-only EPYC cores (fp32),
     17-24 s on an H200 (2026-11-26).
 
     Seed 42 on that CPU: teacher 74.0% test accuracy (3 classes), the student distilled for 3
