@@ -21,7 +21,7 @@ from distillation.offline_logits import (
 from distillation.teacher import Teacher
 
 
-def cache_pass(cfg, env, method: str, k: int, shard_size: int, batch_size: int, force: bool) -> dict:
+def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_size: int, force: bool) -> dict:
     """Run cfg's teacher over cfg.data_file and write the cache to cfg.dump_path; returns the
     manifest. Shards already complete under the same manifest are kept (resume)."""
     tokenizer = load_tokenizer(cfg)
@@ -30,14 +30,16 @@ def cache_pass(cfg, env, method: str, k: int, shard_size: int, batch_size: int, 
     objective = build_objective(cfg, tokenizer, teacher_config)
     dataset = objective.load_dataset(cfg.data_file, "--data_file")
     full = method == "full"
-    dtypes = {"ids": id_dtype(teacher_config.vocab_size), "values": np.float32 if full else np.float16, "tail": np.float16}
-    arrays = ["values"] if full else ["ids", "values"] + (["tail"] if method == "topk" else [])
+    dtypes = {"ids": id_dtype(teacher_config.vocab_size), "values": np.float32 if full else np.float16, "tail": np.float16,
+              "entropy": np.float16}
+    arrays = {"full": ["values"], "topk": ["ids", "values", "tail"], "sampled": ["ids", "values", "entropy"]}[method]
+    head = head if method == "sampled" else None
     manifest = {"format": FORMAT, **run_identity(cfg, tokenizer, len(dataset)), "teacher": cfg.teacher_name, "method": method,
-                "k": None if full else k, "vocab_size": teacher_config.vocab_size, "arrays": arrays,
+                "k": None if full else k, "head": head, "vocab_size": teacher_config.vocab_size, "arrays": arrays,
                 "dtypes": {n: np.dtype(dtypes[n]).name for n in arrays}, "shard_size": shard_size,
                 "shards": -(-len(dataset) // shard_size), "seed": cfg.seed}
-    per_row = teacher_config.num_labels if full else k
-    manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * (1 if n == "tail" else per_row) for n in arrays)
+    width = {"values": teacher_config.num_labels} if full else {"ids": k + (head or 0), "values": k if head is None else head}
+    manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * width.get(n, 1) for n in arrays)
     path = os.path.join(cfg.dump_path, "manifest.json")
     if os.path.exists(path) and not force:
         old = read_manifest(cfg.dump_path, "--dump_path")
@@ -67,7 +69,7 @@ def cache_pass(cfg, env, method: str, k: int, shard_size: int, batch_size: int, 
             batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
             batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
             logits, _ = teacher.outputs(batch)
-            entries, rows = batch_entries(objective, logits, batch, method, k, cfg.temperature, generator)
+            entries, rows = batch_entries(objective, logits, batch, method, k, head, cfg.temperature, generator)
             for name, tensor in entries.items():
                 parts.setdefault(name, []).append(tensor)
             counts += rows
@@ -89,12 +91,13 @@ def write_shard(folder: str, shard: int, parts: dict, counts: list, dtypes: dict
         os.replace(f"{stem}.{name}.tmp.npy", f"{stem}.{name}.npy")
 
 
-def batch_entries(objective, logits: torch.Tensor, batch, method: str, k: int, temperature: float, generator):
+def batch_entries(objective, logits: torch.Tensor, batch, method: str, k: int, head, temperature: float, generator):
     """({array name: [rows, ...] tensor}, rows of each example) of one batch of teacher logits:
     classification keeps each example's logits ("full"), clm its target positions' SparseTargets."""
     if method == "full":
         return {"values": logits.float()}, [1] * len(logits)
     positions, _ = objective.token_rows(batch)
-    t = sparse_targets(gather_rows(logits, positions), method, k, temperature, generator)
-    entries = {"ids": t.ids, "values": t.values, **({"tail": t.tail} if t.tail is not None else {})}
+    t = sparse_targets(gather_rows(logits, positions), method, k, temperature, generator, head or 0)
+    entries = {"ids": t.ids, "values": t.values, "tail": t.tail, "entropy": t.entropy}
+    entries = {name: tensor for name, tensor in entries.items() if tensor is not None}
     return entries, torch.bincount(positions // logits.shape[1], minlength=logits.shape[0]).tolist()

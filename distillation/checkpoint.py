@@ -1,62 +1,141 @@
-"""Full-state checkpoints for exact resume, written atomically.
+"""Checkpoints for --resume: sharded, written atomically, readable at another world size.
 
-One file, `checkpoint/state.pt`: the student (and projection), optimizer, scheduler, grad
-scaler, every rank's RNG states, the data-order position (epoch, batches done in it) and the
-step, plus a fingerprint of the run (objective, parameter shapes) so `--resume` refuses a
-checkpoint of another run. It is written to a temp file and renamed, so a kill mid-write
-leaves the previous checkpoint whole. Loading uses `weights_only=True`: the file holds only
-tensors and plain containers.
+`checkpoint/` holds the student (and projection) and AdamW state through
+torch.distributed.checkpoint (DCP: every rank writes its own shards, `__<rank>_0.distcp`, and
+rank 0 the `.metadata` that maps each parameter's pieces), plus `trainer.pt` (scheduler, grad
+scaler, data position, every rank's RNG states, best/ bookkeeping, the run's fingerprint)
+and `complete.json` (each file's size), written last. A checkpoint is written to
+`checkpoint.tmp/` and swapped in by renames, so a kill at any point leaves a complete
+checkpoint (`checkpoint/`, else a complete `.tmp/` or `.old/` when the kill fell between renames).
+
+DCP reads the shards of any world size into any other and either strategy's layout into
+either: with the data position counted in global examples, a run moves between 1 and N
+processes as long as its global batch (batch x processes x accumulation) is the same. The
+fingerprint refuses a resume whose model, data, global batch or schedule differs. Loading
+uses `weights_only=True`: the files hold only tensors and plain containers.
 """
 
+import json
 import os
 import pickle
 import random
-from typing import Dict
+import shutil
+from typing import Dict, Optional
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from distillation.distributed import barrier
 from distillation.errors import InputError
+from distillation.offline_logits import file_sha256
 
-FILE_NAME = "state.pt"
+DIR, TRAINER, COMPLETE = "checkpoint", "trainer.pt", "complete.json"
+# fingerprint key -> the flag that sets it (named when a resume differs)
+FLAGS = {"objective": "--objective", "shapes": "--student_name/--student_config", "data": "--data_file",
+         "batch_size": "--batch_size", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
+         "total_steps": "--n_epoch/--max_steps", "learning_rate": "--learning_rate", "warmup_prop": "--warmup_prop",
+         "weight_decay": "--weight_decay", "seed": "--seed", "group_by_size": "--group_by_size"}
 
 
-def checkpoint_file(dump_path: str) -> str:
-    return os.path.join(dump_path, "checkpoint", FILE_NAME)
+def checkpoint_dir(dump_path: str) -> str:
+    return os.path.join(dump_path, DIR)
 
 
-def fingerprint(objective_name: str, model: torch.nn.Module) -> Dict:
+def find_checkpoint(dump_path: str) -> Optional[str]:
+    """The complete checkpoint folder of `dump_path`, or None."""
+    # killed inside a save: .tmp is complete once its complete.json exists (newer than .old)
+    for name in (DIR, DIR + ".tmp", DIR + ".old"):
+        folder = os.path.join(dump_path, name)
+        if os.path.isfile(os.path.join(folder, COMPLETE)):
+            return folder
+    return None
+
+
+def fingerprint(cfg, model: torch.nn.Module, world_size: int, total_steps: int, data: str) -> Dict:
+    """What a resume must share with the run that wrote the checkpoint."""
     return {
-        "objective": objective_name,
+        "objective": cfg.objective,
         "shapes": {name: list(p.shape) for name, p in model.state_dict().items()},
+        "data": data,
+        "batch_size": cfg.batch_size,
+        "global_batch": cfg.batch_size * world_size * cfg.gradient_accumulation_steps,
+        "total_steps": total_steps,
+        **{k: getattr(cfg, k) for k in ("learning_rate", "warmup_prop", "weight_decay", "seed", "group_by_size")},
     }
 
 
-def save_checkpoint(path: str, state: Dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def data_fingerprint(data_file: str, n_examples: int) -> str:
+    digest = file_sha256(data_file) if os.path.isfile(data_file) else "a folder"
+    return f"{n_examples} examples of {os.path.basename(data_file)}, sha256 {digest[:16]}"
 
 
-def load_checkpoint(dump_path: str, expected_fingerprint: Dict) -> Dict:
-    """The checkpoint of `dump_path`, refused (InputError) when absent, corrupt or foreign."""
-    path = checkpoint_file(dump_path)
-    if not os.path.isfile(path):
-        raise InputError(f"--resume: no checkpoint at '{path}'")
+def save_checkpoint(dump_path: str, model, optimizer, trainer_state: Dict, env) -> None:
+    """Every rank: its shards of `model` and `optimizer`; rank 0: trainer_state, then the swap."""
+    tmp, final, old = (os.path.join(dump_path, DIR + suffix) for suffix in (".tmp", "", ".old"))
+    if env.is_main:
+        if not os.path.isdir(final) and find_checkpoint(dump_path) == tmp:
+            os.replace(tmp, final)  # the last save was killed between renames: its .tmp is the checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier(env)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
+    barrier(env)  # every rank's shards are on disk
+    if env.is_main:
+        torch.save(trainer_state, os.path.join(tmp, TRAINER))
+        sizes = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        with open(os.path.join(tmp, COMPLETE), "w") as f:
+            json.dump({"files": sizes}, f, indent=1)
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier(env)
+
+
+def load_checkpoint(dump_path: str, model, optimizer, expected: Dict) -> Dict:
+    """Load the shards into `model` and `optimizer` (at this run's world size and strategy);
+    returns the trainer state. Refused (InputError) when absent, incomplete, corrupt or foreign."""
+    folder = find_checkpoint(dump_path)
+    if folder is None:
+        raise InputError(f"--resume: no complete checkpoint in '{checkpoint_dir(dump_path)}'")
+    with open(os.path.join(folder, COMPLETE)) as f:
+        sizes = json.load(f)["files"]
+    for name, size in sizes.items():
+        path = os.path.join(folder, name)
+        found = os.path.getsize(path) if os.path.isfile(path) else None
+        if found != size:
+            raise InputError(f"--resume: checkpoint file '{path}' is " + ("missing" if found is None else
+                             f"truncated or changed ({found} bytes, {size} written)"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(os.path.join(folder, TRAINER), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise InputError(f"--resume: checkpoint '{path}' is truncated or corrupt ({type(err).__name__})") from None
-    found = state.get("fingerprint", {})
-    if found.get("objective") != expected_fingerprint["objective"]:
-        raise InputError(
-            f"--resume: checkpoint '{path}' was written for objective '{found.get('objective')}', "
-            f"not '{expected_fingerprint['objective']}'"
-        )
-    if found.get("shapes") != expected_fingerprint["shapes"]:
-        raise InputError(f"--resume: checkpoint '{path}' holds a model of other shapes than this run's student")
+        raise InputError(f"--resume: '{os.path.join(folder, TRAINER)}' is corrupt ({type(err).__name__})") from None
+    check_fingerprint(state.get("fingerprint", {}), expected, folder)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    shards = {"model": model_state, "optimizer": optimizer_state}
+    try:
+        dcp.load(shards, checkpoint_id=folder)
+    except Exception as err:  # DCP wraps every rank's failure in CheckpointException
+        raise InputError(f"--resume: cannot read the shards of '{folder}' ({type(err).__name__}: {str(err)[:200]})") from None
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
     return state
+
+
+def check_fingerprint(found: Dict, expected: Dict, folder: str) -> None:
+    """Exit 2 naming the first thing the resume changes."""
+    if found.get("objective") != expected["objective"]:
+        raise InputError(f"--resume: checkpoint '{folder}' was written for objective '{found.get('objective')}', "
+                         f"not '{expected['objective']}'")
+    if found.get("shapes") != expected["shapes"]:
+        raise InputError(f"--resume: checkpoint '{folder}' holds a model of other shapes than this run's student")
+    for key, flag in FLAGS.items():
+        if found.get(key) != expected[key]:
+            raise InputError(f"--resume: the checkpoint was written with another {key} ({found.get(key)!r}; this run: "
+                             f"{expected[key]!r}); resume with the same {flag}")
 
 
 # --- random number generators ------------------------------------------------------------------
@@ -78,6 +157,14 @@ def set_rng_state(state: Dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Fresh, distinct generators for a rank that has no saved state (another world size)."""
+    mixed = (seed * 1_000_003 + step * 1_009 + rank) % 2**32
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
 
 
 def _as_tuples(value):

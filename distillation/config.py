@@ -155,6 +155,13 @@ class DistillConfig:
                                                 "optimisation", shown="on for sequence_classification without hidden losses; "
                                                 "mlm and clm cannot")
     compile: bool = _opt(False, "torch.compile the student.", "optimisation")
+    strategy: str = _opt("ddp", "Under torchrun: ddp (each process holds the whole student, teacher and optimizer) or fsdp (FSDP2: "
+                         "parameters, gradients and AdamW state sharded over the processes, per transformer block).",
+                         "optimisation", choices=("ddp", "fsdp"))
+    replicate_teacher: bool = _opt(False, "fsdp: keep a whole teacher on every process (faster when it fits) instead of sharding "
+                                   "it; with --cache_teacher_logits only a whole teacher caches.", "optimisation")
+    gradient_checkpointing: bool = _opt(False, "Recompute the student's activations in backward (the model's own "
+                                        "gradient_checkpointing_enable): less memory, ~1/3 more compute.", "optimisation")
     num_workers: int = _opt(0, "DataLoader worker processes.", "optimisation")
     # --- reporting, evaluation, saving ------------------------------------------------------------
     log_interval: Optional[int] = _opt(None, "Micro-batches (the reference's iterations) between metrics lines; one at each epoch end too.",
@@ -286,6 +293,13 @@ class DistillConfig:
         need(not self.loss_chunk_rows or self.objective == "clm",
              f"--loss_chunk_rows {self.loss_chunk_rows}: chunked losses are implemented for clm only (mlm distils other rows than "
              f"it labels; classification logits are small); use --loss_chunk_rows 0")
+        if self.strategy == "fsdp":
+            need(not self.loss_chunk_rows, f"--loss_chunk_rows {self.loss_chunk_rows}: not with --strategy fsdp (the LM head runs "
+                 "outside the model's forward, where FSDP has not gathered its weights); use --loss_chunk_rows 0 or --strategy ddp")
+            need(self.precision != "fp16", "--precision fp16: not with --strategy fsdp (its loss scaling would have to agree on "
+                 "overflow across the shards); use --precision bf16")
+        else:
+            need(not self.replicate_teacher, "--replicate_teacher: only with --strategy fsdp (ddp always replicates the teacher)")
         alphas = {n: getattr(self, n) for n in ("alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse", "alpha_cos")}
         for name, a in alphas.items():
             need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")

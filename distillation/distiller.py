@@ -8,15 +8,16 @@ teacher (its forward pass or its cached logits), evaluation, the run log and the
 
 Features: soft-target KL + hard-label loss + logit MSE + hidden MSE/cosine; length-grouped
 dynamic batches; gradient accumulation with every loss normalised by the global row/token
-count of the step; DDP under torchrun (`no_sync` while accumulating, teacher never wrapped);
-torch.amp bf16/fp16; exact mid-epoch resume; SIGTERM/SIGINT save a checkpoint; a non-finite
+count of the step; DDP under torchrun (`no_sync` while accumulating, teacher never wrapped) or
+FSDP2 (--strategy fsdp, distillation/parallel.py); torch.amp bf16/fp16; exact mid-epoch resume, at
+another world size too (sharded checkpoints, distillation/checkpoint.py); SIGTERM/SIGINT save a checkpoint; a non-finite
 loss on any rank stops every rank before the weights change; best/ and periodic folders,
 early stopping. Intervals named `*_interval` count micro-batches (the reference's iterations),
 `max_steps` and `save_steps` count optimizer steps.
-Limits: one teacher; the teacher must fit on each device next to the student.
+Limits: one teacher; under ddp (or fsdp with --replicate_teacher) it must fit on each device.
 """
 
-import contextlib
+import functools
 import json
 import math
 import os
@@ -24,7 +25,6 @@ import signal
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -48,12 +48,13 @@ COUNTS = ("task", "rows", "tokens")
 
 
 class Distiller:
-    def __init__(self, cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env):
-        self.cfg, self.objective, self.env = cfg, objective, env
+    def __init__(self, cfg, objective, student, teacher, tokenizer, train_dataset, eval_dataset, env, strategy):
+        self.cfg, self.objective, self.env, self.strategy = cfg, objective, env, strategy
         self.tokenizer, self.train_dataset, self.eval_dataset = tokenizer, train_dataset, eval_dataset
         self.device = env.device
         self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
         self.teacher = teacher  # Teacher (its model, maybe cached logits) or OfflineTeacher (--teacher_logits)
+        self.teacher_cached = bool(getattr(teacher, "caches", {}).get("train"))  # --cache_teacher_logits in effect
 
         # Hidden-state losses: which layers meet, and a projection when widths differ.
         self.layer_pairs, projection = [], None
@@ -63,12 +64,10 @@ class Distiller:
             projection = build_projection(student.config, teacher_config, cfg.hidden_projection)
         self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
+        if cfg.gradient_checkpointing:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.token_losses = token_losses_for(cfg, objective, student, self.teacher)  # dense, chunked or sparse
-        self.train_model = self.model
-        if env.is_distributed:
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.train_model = strategy.wrap(self.model)  # DDP, or self.model sharded in place (fsdp)
         self.forward_model = torch.compile(self.train_model) if cfg.compile else self.train_model
 
         # Schedule: an optimizer step is `gradient_accumulation_steps` micro-batches.
@@ -98,7 +97,7 @@ class Distiller:
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 
-        self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main)
+        self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main, strategy.full_state)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.stop_signal = None
         self.log = None  # opened by open_log() once the run folder is ready
@@ -199,11 +198,10 @@ class Distiller:
         sums = torch.zeros(len(self.terms), device=self.device)
         self.model.train()
         for i, batch in enumerate(group):
-            sync = i == len(group) - 1 or not self.env.is_distributed
-            with contextlib.nullcontext() if sync else self.train_model.no_sync():
+            with self.strategy.gradient_sync(self.train_model, sync=i == len(group) - 1):
                 terms = self._loss_terms(batch)
                 loss = sum(getattr(self.cfg, TERMS[t][0]) * terms[t] / norm[TERMS[t][1]] for t in self.terms)
-                self.scaler.scale(loss * self.env.world_size).backward()  # DDP averages grads over ranks
+                self.scaler.scale(loss * self.env.world_size).backward()  # DDP and FSDP average grads over ranks
             sums += torch.stack([terms[t].detach() for t in self.terms])
         # One collective: the step's loss terms, its size, a non-finite flag and stop requests.
         local = [sum(b["input_ids"].shape[0] for b in group), sum(int(b["attention_mask"].sum()) for b in group),
@@ -212,7 +210,7 @@ class Distiller:
         if reduced[-2] > 0:
             raise TrainingStopped(
                 f"rank {self.env.rank}: non-finite loss at step {self.step + 1} (epoch {self.epoch}); the weights of that step were not "
-                f"applied and the last good checkpoint is in {ckpt.checkpoint_file(self.cfg.dump_path)}. "
+                f"applied and the last good checkpoint is in {ckpt.checkpoint_dir(self.cfg.dump_path)}. "
                 "Try a lower --learning_rate or --precision bf16/fp32"
             )
         if reduced[-1] > 0 and self.stop_signal is None:
@@ -279,32 +277,43 @@ class Distiller:
         self.log.write(record, "train")
 
     # --- checkpoints, the end ----------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    @functools.cached_property
+    def data_fingerprint(self) -> str:  # hashes the data file: only once a checkpoint is written or read
+        return ckpt.data_fingerprint(self.cfg.data_file, len(self.train_dataset))
+
+    def fingerprint(self) -> dict:
+        return ckpt.fingerprint(self.cfg, self.model, self.env.world_size, self.total_steps, self.data_fingerprint)
+
+    def trainer_state(self) -> dict:
+        """All but the weights and AdamW moments (those are DCP shards). The data position is in
+        global examples, so that another world size with the same global batch resumes it."""
+        examples = self.batch_in_epoch * self.env.world_size * self.cfg.batch_size
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+            "progress": {"step": self.step, "epoch": self.epoch, "examples_in_epoch": examples, "world_size": self.env.world_size},
             "folders": self.folders.state_dict(),
             "last_eval": {"step": self.last_eval_step, "metrics": self.last_eval},
-            "fingerprint": ckpt.fingerprint(self.objective.name, self.model),
+            "fingerprint": self.fingerprint(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_trainer_state(self, state: dict) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = (state["progress"][k] for k in ("step", "epoch", "batch_in_epoch"))
+        progress = state["progress"]
+        self.step, self.epoch = progress["step"], progress["epoch"]
+        self.batch_in_epoch = progress["examples_in_epoch"] // (self.env.world_size * self.cfg.batch_size)
         self.folders.load_state_dict(state["folders"])
         self.last_eval_step, self.last_eval = state["last_eval"]["step"], state["last_eval"]["metrics"]
-        ckpt.set_rng_state(state["rng"][self.env.rank])
+        if progress["world_size"] == self.env.world_size:
+            ckpt.set_rng_state(state["rng"][self.env.rank])
+        else:  # other ranks, other streams: dropout and MLM masks continue from fresh seeds
+            ckpt.reseed(self.cfg.seed, self.step, self.env.rank)
 
     def _save_checkpoint(self):
         rng = all_gather_objects(ckpt.rng_state(), self.env)  # every rank's generators
-        if self.env.is_main:
-            ckpt.save_checkpoint(ckpt.checkpoint_file(self.cfg.dump_path), {**self.state_dict(), "rng": rng})
+        state = {**self.trainer_state(), "rng": rng}
+        ckpt.save_checkpoint(self.cfg.dump_path, self.model, self.optimizer, state, self.env)
 
     def _finish(self, start, interrupted, stopped_early=False) -> dict:
         examples, tokens, seconds = (sum(h[i] for h in self.history) for i in range(3))

@@ -20,16 +20,20 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
     model.eval()
     order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = batches[env.rank :: env.world_size]  # disjoint shards: nothing counted twice
+    mine = batches[env.rank :: env.world_size]  # disjoint shards: nothing counted twice
+    # Every rank runs as many forward passes (a sharded model's are collectives): the short ones
+    # repeat their first batch and drop its statistics.
+    padding = -(-len(batches) // env.world_size) - len(mine)
     generator = torch.Generator(env.device).manual_seed(seed)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=objective.collate)
+    loader = DataLoader(dataset, batch_sampler=mine + batches[:1] * padding, collate_fn=objective.collate)
     stats = {}
-    for batch in loader:
+    for i, batch in enumerate(loader):
         batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
         with autocast():
-            inputs = {k: v for k, v in objective.model_inputs(batch).items() if k in model.accepted}
-            s_logits = model.student(**inputs).logits
+            s_logits, _ = model(objective.model_inputs(batch))
             t_logits, _ = teacher.outputs(batch, split="eval")
+        if i >= len(mine):
+            continue
         for k, v in objective.eval_batch(s_logits.float(), None if t_logits is None else t_logits.float(), batch).items():
             stats.setdefault(k, []).append(v)
     local = {k: torch.cat(v) for k, v in stats.items()}

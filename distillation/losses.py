@@ -106,19 +106,26 @@ def log_rest(logp: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(-torch.expm1(torch.logsumexp(logp, dim=-1)), min=1e-30))
 
 
-def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Sum over rows of the Monte-Carlo estimate of KL(p_t || p_s) * T² from K tokens drawn from
-    p_t: mean over the draws of log p_t(x) - log p_s(x). Unbiased for the KL and, since
-    log p_t(x) does not depend on the student, for its gradient (random-sampling KD).
+def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, head_logp: torch.Tensor, entropy: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    """Sum over rows of an unbiased estimate of KL(p_t || p_s) * T² from an exact head and draws
+    from the teacher's tail (random-sampling KD):
+    Σ_head p_t·(-log p_s) + (1 - Σ_head p_t)·mean_draws(-log p_s) - H(p_t). H(p_t) does not
+    depend on the student, so the gradient is unbiased for the forward-KL gradient too.
 
     Args:
-        student_logits: [N, V]; ids: [N, K] draws from the teacher at T (repeats allowed);
-        teacher_logp: [N, K] the teacher's log-probabilities of those draws at T.
+        student_logits: [N, V]; ids: [N, H + K] the teacher's H most likely ids, then K draws from
+        the rest of p_t at T (repeats allowed; K ≥ 1); head_logp: [N, H] the teacher's
+        log-probabilities of the head at T (H may be 0); entropy: [N] the teacher's entropy at T.
     Returns:
         scalar fp32 tensor; divide by the global row count.
     """
     logp = _log_probs(student_logits, temperature).gather(-1, ids)
-    return (teacher_logp.float() - logp).mean(dim=-1).sum() * temperature**2
+    head = head_logp.shape[-1]
+    p_head = head_logp.float().exp()
+    tail_mass = (1 - p_head.sum(dim=-1)).clamp(min=0)
+    cross_entropy = -(p_head * logp[:, :head]).sum(dim=-1) - tail_mass * logp[:, head:].mean(dim=-1)
+    return (cross_entropy - entropy.float()).sum() * temperature**2
 
 
 # --divergence NAME -> (function, the default --divergence_beta or None where β has no role).

@@ -18,6 +18,7 @@ from distillation.errors import InputError
 from distillation.models import check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import OBJECTIVES, build_objective
 from distillation.offline_logits import OfflineTeacher, check_identity, read_manifest, run_identity
+from distillation.parallel import build_strategy
 from distillation.teacher import Teacher
 
 
@@ -28,7 +29,8 @@ def run(cfg) -> dict:
     _check_dump_path(cfg)
     distiller, fresh = build(cfg, env)
     if cfg.resume:
-        distiller.load_state_dict(ckpt.load_checkpoint(cfg.dump_path, ckpt.fingerprint(cfg.objective, distiller.model)))
+        state = ckpt.load_checkpoint(cfg.dump_path, distiller.model, distiller.optimizer, distiller.fingerprint())
+        distiller.load_trainer_state(state)
     elif env.is_main:
         _fresh_dump_path(cfg)
     barrier(env)
@@ -64,11 +66,15 @@ def build(cfg, env):
     for data in (train_dataset, eval_dataset):
         if data is not None:
             objective.check_models(teacher, student, data)
+    strategy = build_strategy(cfg, env)
     if cfg.teacher_logits:
         source = offline_teacher(cfg, objective, tokenizer, train_dataset, student, env)
-    else:
-        source = Teacher(teacher, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits)
-    return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env), fresh
+    else:  # a sharded teacher runs on every rank together: no rank may skip it on a cache hit
+        cache = not strategy.shards_teacher
+        placed = strategy.teacher(teacher) if teacher is not None else None
+        source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()) if cache else 0,
+                         cfg.cache_teacher_logits and cache)
+    return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
 
 
 def offline_teacher(cfg, objective, tokenizer, train_dataset, student, env) -> OfflineTeacher:
@@ -91,8 +97,8 @@ def offline_teacher(cfg, objective, tokenizer, train_dataset, student, env) -> O
 def _check_dump_path(cfg) -> None:
     exists = os.path.isdir(cfg.dump_path) and bool(os.listdir(cfg.dump_path))
     if cfg.resume:
-        if not os.path.isfile(ckpt.checkpoint_file(cfg.dump_path)):
-            raise InputError(f"--resume: no checkpoint at '{ckpt.checkpoint_file(cfg.dump_path)}'")
+        if ckpt.find_checkpoint(cfg.dump_path) is None:
+            raise InputError(f"--resume: no complete checkpoint in '{ckpt.checkpoint_dir(cfg.dump_path)}'")
     elif exists and not cfg.force:
         raise InputError(f"--dump_path: '{cfg.dump_path}' already exists; add --force to overwrite it or --resume to continue it")
     elif os.path.exists(cfg.dump_path) and not os.path.isdir(cfg.dump_path):

@@ -18,8 +18,9 @@ from distillation.reporting import loss_formula, millions
 
 
 class ModelFolders:
-    def __init__(self, cfg, objective, tokenizer, teacher_parameters, enabled: bool):
+    def __init__(self, cfg, objective, tokenizer, teacher_parameters, enabled: bool, full_state):
         self.cfg, self.objective, self.tokenizer, self.enabled = cfg, objective, tokenizer, enabled
+        self.full_state = full_state  # model -> its whole state dict (gathered from the shards under fsdp)
         self.teacher_parameters = teacher_parameters
         self.metric = cfg.save_best_metric
         self.lower_is_better = self.metric is not None and objective.metrics[self.metric.removeprefix("eval_")] == "min"
@@ -65,15 +66,16 @@ class ModelFolders:
     def save(self, name: str, model, metrics: dict, step: int, epoch: float, why: str) -> str:
         """The student (+ tokenizer, projection, model card) as dump_path/name, replaced whole."""
         folder = os.path.join(self.cfg.dump_path, name)
+        state = self.full_state(model)  # every rank: a collective under fsdp
         if not self.enabled:
             return folder
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.student.save_pretrained(tmp)
+        model.student.save_pretrained(tmp, state_dict=_part(state, "student."))
         self.tokenizer.save_pretrained(tmp)
         if model.projection is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.projection.state_dict().items()}
-            save_file(state, os.path.join(tmp, "projection.safetensors"))
+            projection = {k: v.detach().cpu().contiguous() for k, v in _part(state, "projection.").items()}
+            save_file(projection, os.path.join(tmp, "projection.safetensors"))
         with open(os.path.join(tmp, "README.md"), "w") as f:
             f.write(self.model_card(name, model, metrics, step, epoch, why))
         shutil.rmtree(folder, ignore_errors=True)
@@ -115,6 +117,10 @@ class ModelFolders:
 
     def load_state_dict(self, state: dict) -> None:
         self.best = dict(state)
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def teacher_line(cfg) -> str:

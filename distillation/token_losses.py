@@ -90,7 +90,7 @@ class SparseTokenLosses(DenseTokenLosses):
             positions, _ = self.objective.token_rows(batch)
             s_rows, T = gather_rows(student_logits, positions), self.cfg.temperature
             if targets.method == "sampled":
-                terms["ce"] = sampled_kl(s_rows, targets.ids, targets.values, T)
+                terms["ce"] = sampled_kl(s_rows, targets.ids, targets.values, targets.entropy, T)
             else:  # k + 1 buckets, already log-probabilities at T: the divergence at T = 1, then the T² factor
                 teacher = torch.cat([targets.values, targets.tail.unsqueeze(-1)], dim=-1)
                 terms["ce"] = self.divergence(topk_buckets(s_rows, targets.ids, T), teacher, 1.0, self.cfg.divergence_beta) * T**2

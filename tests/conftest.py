@@ -7,11 +7,14 @@ holds, so a tiny model can learn it in a few steps.
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 # Tiny models: one thread each avoids OpenMP spin-waiting when subprocesses share 2 cores.
@@ -107,6 +110,11 @@ def assets(tmp_path_factory):
     return paths
 
 
+# Two CPU processes (gloo) on any machine: with CUDA visible they would each want a GPU, and a
+# 1-GPU machine refuses the second (test_more_processes_than_visible_gpus_is_refused).
+TORCHRUN = ["env", "CUDA_VISIBLE_DEVICES=", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
 def train_args(assets, dump_path, *extra):
     return [
         "--objective", "sequence_classification", "--teacher_name", assets["teacher"],
@@ -164,3 +172,21 @@ def first_step(distiller):
 def first_step_grads(distiller):
     """The gradients of the first optimizer step."""
     return first_step(distiller)[1]
+
+
+def kill_after_step(cmd, dump, step, timeout=240):
+    """Start `cmd`, SIGKILL its whole process group once metrics.jsonl reaches `step`."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    metrics, deadline = os.path.join(dump, "metrics.jsonl"), time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and any(r.get("step", 0) >= step for r in read_metrics(dump)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return read_metrics(dump)[-1]["step"]
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"run ended before step {step}: {proc.stderr.read().decode()[-2000:]}")
+
+
+def final_weights(dump):
+    return load_file(os.path.join(dump, "final", "model.safetensors"))

@@ -22,7 +22,7 @@ def test_cli_run_leaves_a_complete_run_folder(assets, tmp_path):
                       "--temperature", "2", "--learning_rate", "1e-4", "--log_interval", "2")
     proc = run_train(args)
     assert proc.returncode == 0, proc.stderr
-    for name in ("parameters.json", "metrics.jsonl", "summary.json", "final/config.json", "checkpoint/state.pt"):
+    for name in ("parameters.json", "metrics.jsonl", "summary.json", "final/config.json", "checkpoint/complete.json"):
         assert os.path.exists(dump / name), name
     assert json.load(open(dump / "parameters.json"))["alpha_ce"] == 0.5
     records = read_metrics(dump)

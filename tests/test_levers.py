@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from conftest import build_distiller, make_examples, read_metrics, train_args, write_jsonl
+from conftest import build_distiller, first_step, make_examples, read_metrics, train_args, write_jsonl
 from distillation.config import DistillConfig
 from distillation.pipeline import run
 
@@ -55,7 +55,7 @@ def test_mixed_precision_trains_on_cpu(assets, tmp_path, precision):
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2
-    scaler = torch.load(tmp_path / precision / "checkpoint" / "state.pt", weights_only=True)["scaler"]
+    scaler = torch.load(tmp_path / precision / "checkpoint" / "trainer.pt", weights_only=True)["scaler"]
     assert (scaler.get("scale", 0) > 0) == (precision == "fp16")  # an enabled GradScaler saves its state
 
 
@@ -75,7 +75,8 @@ def test_cached_teacher_logits_are_each_examples_own(assets, tmp_path):
     assert torch.allclose(cached, own, atol=1e-5)
 
 
-@pytest.mark.parametrize("lever", [["--compile"], ["--num_workers", "2"]], ids=["compile", "num_workers"])
+@pytest.mark.parametrize("lever", [["--compile"], ["--num_workers", "2"], ["--gradient_checkpointing"]],
+                         ids=["compile", "num_workers", "gradient_checkpointing"])
 def test_speed_levers_give_the_losses_of_the_plain_run(assets, tmp_path, lever):
     common = ("--max_steps", "3", "--batch_size", "8", "--no-group_by_size", "--alpha_ce", "0.5", "--alpha_task", "0.5")
     _run(assets, tmp_path / "plain", *common)
@@ -83,6 +84,17 @@ def test_speed_levers_give_the_losses_of_the_plain_run(assets, tmp_path, lever):
     plain = [r["loss"] for r in read_metrics(tmp_path / "plain") if "loss" in r]
     lever = [r["loss"] for r in read_metrics(tmp_path / "lever") if "loss" in r]
     assert len(plain) == 3 and lever == pytest.approx(plain, rel=1e-4)
+
+
+def test_gradient_checkpointing_recomputes_each_layer_in_backward(assets, tmp_path):
+    """The student's layers run twice a step (forward, then again in backward) with the flag."""
+    calls = {}
+    for flag in (False, True):
+        distiller, _, _ = build_distiller(assets, tmp_path / str(flag), gradient_checkpointing=flag)
+        layer = distiller.model.student.bert.encoder.layer[0].output.dense  # inside the checkpointed forward
+        layer.register_forward_hook(lambda *_, flag=flag: calls.__setitem__(flag, calls.get(flag, 0) + 1))
+        first_step(distiller)
+    assert (calls[False], calls[True]) == (1, 2)
 
 
 def test_freeze_flags_keep_those_embeddings_and_train_the_rest(assets, tmp_path):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
-from conftest import VOCAB, read_metrics, run_train, save_model, tiny_bert_config
+from conftest import TORCHRUN, VOCAB, read_metrics, run_train, save_model, tiny_bert_config
 from distillation.losses import forward_kl
 from distillation.objectives.mlm import choose_mlm_positions, mask_tokens, mlm_token_probs
 from distillation.pipeline import run
@@ -149,6 +149,27 @@ def test_mlm_distillation_lowers_heldout_loss(lm):
     before = heldout_loss(AutoModelForMaskedLM.from_pretrained(init), objective, lm["eval"])
     after = heldout_loss(AutoModelForMaskedLM.from_pretrained(dump / "final"), objective, lm["eval"])
     assert after < before - 0.3, (before, after)
+
+
+def test_fsdp_on_two_processes_distils_mlm_and_final_loads(lm, tmp_path):
+    """torchrun --nproc_per_node 2 ... --strategy fsdp: student and teacher sharded per block, a
+    cosine loss through a projection; final/ is one whole from_pretrained folder, head still tied."""
+    torch.manual_seed(0)
+    teacher = save_model(BertForMaskedLM(tiny_bert_config(layers=2, hidden=64)), lm["tokenizer"], str(tmp_path / "teacher"))
+    student = save_model(BertForMaskedLM(tiny_bert_config(layers=1, hidden=32)), lm["tokenizer"], str(tmp_path / "student"))
+    dump = tmp_path / "run"
+    args = ["--objective", "mlm", "--teacher_name", teacher, "--student_name", student, "--data_file", lm["train"],
+            "--eval_file", lm["eval"], "--token_counts", lm["counts"], "--dump_path", dump, "--strategy", "fsdp",
+            "--alpha_ce", 5, "--alpha_task", 2, "--alpha_cos", 1, "--batch_size", 8, "--gradient_accumulation_steps", 2,
+            "--max_steps", 10, "--log_interval", 2, "--learning_rate", 3e-3, "--temperature", 1]
+    proc = run_train(list(map(str, args)), launcher=TORCHRUN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = [r for r in read_metrics(dump) if "loss" in r]
+    assert train[-1]["step"] == 10 and train[-1]["loss"] < 0.9 * train[0]["loss"], train
+    model = AutoModelForMaskedLM.from_pretrained(dump / "final")
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    initial = AutoModelForMaskedLM.from_pretrained(student).state_dict()
+    assert not torch.equal(initial["bert.encoder.layer.0.output.dense.weight"], model.state_dict()["bert.encoder.layer.0.output.dense.weight"])
 
 
 def test_the_reference_readme_command_trains_with_its_mlm_term(lm, tmp_path, capsys):

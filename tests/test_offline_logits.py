@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 from conftest import save_model
 from distillation.losses import forward_kl, sampled_kl, topk_buckets
 from distillation.objectives.lm import gather_rows
-from distillation.offline_logits import OfflineTeacher, read_manifest
+from distillation.offline_logits import OfflineTeacher, read_manifest, sparse_targets
 from lm_helpers import (  # noqa: F401 - single_thread is a fixture
     CAUSAL_VOCAB, call_script, causal_tokenizer, config, first_step, objective_for, sentences, single_thread,
 )
@@ -47,34 +47,55 @@ def _cache(capsys, lm, dump, *extra):
     return dump
 
 
-def test_each_example_gets_its_own_teacher_topk(lm, tmp_path, capsys):
-    """Shards of 5, batches of 3 (padding, shards cut across batches): read back per example, the
-    cache equals the teacher run on that example alone."""
-    dump = _cache(capsys, lm, tmp_path / "cache", "--k", 6)
-    manifest = read_manifest(str(dump))
+def _read_back(lm, dump, indices):
+    """(index, the cache's targets for that example alone, the teacher's log-probs at T on it)."""
     cfg = config(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24)
     objective = objective_for(cfg)
     dataset = objective.load_dataset(lm["train"], "--data_file")
-    assert manifest["n_examples"] == len(dataset) > 10 and manifest["shards"] == -(-len(dataset) // 5)
-    assert manifest["bytes_per_row"] == 6 * (2 + 2) + 2
+    manifest = read_manifest(str(dump))
+    assert manifest["n_examples"] == len(dataset)
     reader = OfflineTeacher(str(dump), manifest, objective, torch.device("cpu"))
     teacher = LlamaForCausalLM.from_pretrained(lm["teacher"]).eval()
-    for index in (0, 4, 5, 7, len(dataset) - 1):
+    for index in indices(len(dataset)):
         batch = objective.collate([dataset[index]])
         positions, _ = objective.token_rows(batch)
         with torch.no_grad():
             logp = torch.log_softmax(gather_rows(teacher(input_ids=batch["input_ids"]).logits, positions) / T, -1)
+        yield index, reader.outputs(batch)[0], logp
+
+
+def test_each_example_gets_its_own_teacher_topk(lm, tmp_path, capsys):
+    """Shards of 5, batches of 3 (padding, shards cut across batches): read back per example, the
+    cache equals the teacher run on that example alone."""
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "topk", "--k", 6)
+    manifest = read_manifest(str(dump))
+    n = manifest["n_examples"]
+    assert n > 10 and manifest["shards"] == -(-n // 5) and manifest["bytes_per_row"] == 6 * (2 + 2) + 2
+    for index, got, logp in _read_back(lm, dump, lambda n: (0, 4, 5, 7, n - 1)):
         values, ids = logp.topk(6, dim=-1)
-        got, _ = reader.outputs(batch)
         assert torch.equal(got.ids, ids), index
         assert torch.allclose(got.values, values, atol=2e-2, rtol=1e-3), index
         assert torch.allclose(got.tail.exp(), 1 - values.exp().sum(-1), atol=2e-3), index
 
 
+def test_each_example_gets_its_own_teacher_head_and_entropy(lm, tmp_path, capsys):
+    """The sampled cache read back per example: the head is the teacher's top ids on that example
+    alone, the entropy its entropy, the draws come from outside the head."""
+    dump = _cache(capsys, lm, tmp_path / "cache", "--head", 3, "--k", 5)
+    manifest = read_manifest(str(dump))
+    assert (manifest["method"], manifest["head"], manifest["k"], manifest["bytes_per_row"]) == ("sampled", 3, 5, 3 * 4 + 5 * 2 + 2)
+    for index, got, logp in _read_back(lm, dump, lambda n: (0, 4, 5, n - 1)):
+        values, ids = logp.topk(3, dim=-1)
+        assert torch.equal(got.ids[:, :3], ids), index
+        assert torch.allclose(got.values, values, atol=2e-2, rtol=1e-3), index
+        assert torch.allclose(got.entropy, -(logp.exp() * logp).sum(-1), atol=1e-2), index
+        assert not (got.ids[:, 3:, None] == ids[:, None, :]).any(), index
+
+
 def test_a_whole_vocabulary_topk_cache_trains_as_online_kd(lm, tmp_path, capsys):
     """k = vocabulary: the cached distribution is the teacher's (to fp16), so the first step's loss
     terms and gradients are online KD's, with no teacher loaded."""
-    dump = _cache(capsys, lm, tmp_path / "cache", "--k", len(CAUSAL_VOCAB))
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "topk", "--k", len(CAUSAL_VOCAB))
     common = dict(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24, alpha_ce=1.0,
                   alpha_task=0.5, batch_size=4, gradient_accumulation_steps=2, temperature=T)
     online, online_grads = first_step(config(**common, teacher_name=lm["teacher"], dump_path=str(tmp_path / "online")))
@@ -94,18 +115,32 @@ def test_topk_buckets_and_sampled_kl_against_hand_formulas():
     for r in range(5):
         kept = [q[r, i].item() for i in ids[r]]
         assert buckets[r].tolist() == pytest.approx(kept + [1 - sum(kept)], rel=1e-5)
-    # Sampled: the mean of log p_t(x) - log p_s(x) over draws x ~ p_t; many draws approach the KL.
-    logp_t = torch.log_softmax(t / T, -1)
-    draws = torch.multinomial(logp_t.exp(), 20000, replacement=True, generator=torch.Generator().manual_seed(1))
-    by_hand = sum((logp_t[r, draws[r]] - torch.log(q[r, draws[r]])).mean().item() for r in range(5)) * T * T
-    estimate = sampled_kl(s, draws, logp_t.gather(-1, draws), T).item()
-    assert estimate == pytest.approx(by_hand, rel=1e-4)
-    assert estimate == pytest.approx(forward_kl(s, t, T).item(), rel=0.03)
+    # Sampled: head exact + draws from the rest, less the entropy; many draws approach the KL.
+    logp_t, log_q = torch.log_softmax(t / T, -1), torch.log_softmax(s / T, -1)
+    for head in (0, 3):
+        targets = sparse_targets(t, "sampled", 20000, T, torch.Generator().manual_seed(1), head)
+        p = logp_t.exp()
+        by_hand = 0.0
+        for r in range(5):
+            top = p[r].argsort(descending=True)[:head]
+            assert targets.ids[r, :head].tolist() == top.tolist()
+            draws = targets.ids[r, head:]
+            assert not set(draws.tolist()) & set(top.tolist())  # drawn from the rest only
+            rest = 1 - p[r, top].sum()
+            by_hand += (-(p[r, top] * log_q[r, top]).sum() - rest * log_q[r, draws].mean() + (p[r] * logp_t[r]).sum()).item()
+        estimate = sampled_kl(s, targets.ids, targets.values, targets.entropy, T).item()
+        assert estimate == pytest.approx(by_hand * T * T, rel=1e-4)
+        assert estimate == pytest.approx(forward_kl(s, t, T).item(), rel=0.03)
+    # The head holding all the mass: the draws weigh nothing, the estimate is the exact KL.
+    four = torch.tensor([[0.0, 1.0, -1.0, 2.0] + [-1e9] * 5])
+    targets = sparse_targets(four, "sampled", 3, 1.0, torch.Generator().manual_seed(1), 4)
+    assert sampled_kl(s[:1], targets.ids, targets.values, targets.entropy, 1.0).item() == pytest.approx(
+        forward_kl(s[:1], four, 1.0).item(), rel=1e-5)
 
 
 def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
-    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "sampled", "--k", 12)
-    assert read_manifest(str(dump))["bytes_per_row"] == 12 * (2 + 2)
+    dump = _cache(capsys, lm, tmp_path / "cache")  # the default: sampled, head 4 + 23 draws
+    assert read_manifest(str(dump))["bytes_per_row"] == 4 * (2 + 2) + 23 * 2 + 2
     run = tmp_path / "run"
     code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
                             "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
@@ -128,7 +163,7 @@ def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
     (["--student_name", "retokenized"], "another tokenizer_sha256"),
 ])
 def test_a_cache_of_other_data_tokenizer_or_settings_is_refused(lm, tmp_path, capsys, change, expect):
-    dump = _cache(capsys, lm, tmp_path / "cache", "--k", 4)
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "topk", "--k", 4)
     values = {"--student_name": lm["student"], "--data_file": lm["train"], "--max_seq_length": "24", "--temperature": str(T)}
     if change[1] == "other":
         change = [change[0], lm["other"]]
@@ -160,7 +195,7 @@ def test_an_interrupted_cache_pass_resumes_and_a_truncated_shard_is_refused(lm, 
     for name, array in before.items():
         assert np.array_equal(np.load(dump / name), array), name  # the same draws: seeded per shard
     code, err = call_script(capsys, "cache_teacher", "--teacher_name", lm["teacher"], "--data_file", lm["train"],
-                            "--max_seq_length", 24, "--dump_path", dump, "--temperature", T, "--shard_size", 5, "--k", 6)
+                            "--max_seq_length", 24, "--dump_path", dump, "--temperature", T, "--shard_size", 5, "--method", "topk")
     assert code == 2 and err == ["error: --dump_path: '" + str(dump) + "' holds a cache made with another method ('sampled'; "
                                  "now 'topk'); add --force to replace it"]
     values = np.load(dump / "shard-00000.values.npy")
@@ -173,7 +208,6 @@ def test_an_interrupted_cache_pass_resumes_and_a_truncated_shard_is_refused(lm, 
 
 def test_topk_loss_is_the_kl_over_k_tokens_and_the_rest(lm):
     """SparseTokenLosses on a k=4 support, by hand: buckets = the 4 ids and the tail mass."""
-    from distillation.offline_logits import sparse_targets
     from distillation.token_losses import SparseTokenLosses
 
     cfg = config(objective="clm", data_file=lm["train"], student_name=lm["student"], max_seq_length=24, teacher_logits="unused",

@@ -1,4 +1,4 @@
-"""Scale and survive: exact resume after SIGKILL, torchrun DDP parity, failures on one rank."""
+"""Scale and survive: exact resume after SIGKILL (ddp and fsdp), DDP/FSDP parity, resume at another world size, failures on one rank."""
 
 import json
 import os
@@ -11,12 +11,11 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
 
-from conftest import ROOT, SUBPROCESS_ENV, TRAIN, read_metrics, run_train, train_args, train_in_process
-
-# Two CPU processes (gloo) on any machine: with CUDA visible they would each want a GPU, and a
-# 1-GPU machine refuses the second (test_more_processes_than_visible_gpus_is_refused).
-TORCHRUN = ["env", "CUDA_VISIBLE_DEVICES=", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+from conftest import (
+    ROOT, SUBPROCESS_ENV, TORCHRUN, TRAIN, build_distiller, final_weights, kill_after_step, read_metrics, run_train, train_args, train_in_process,
+)
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
@@ -33,43 +32,29 @@ def _resume_args(assets, dump, max_steps, accumulation=2, hidden=False):
     return args
 
 
-def _kill_after_step(cmd, dump, step, timeout=240):
-    """Start `cmd`, SIGKILL its whole process group once metrics.jsonl reaches `step`."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    metrics, deadline = os.path.join(dump, "metrics.jsonl"), time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(metrics) and any(r.get("step", 0) >= step for r in read_metrics(dump)):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return read_metrics(dump)[-1]["step"]
-        time.sleep(0.01)
-    proc.kill()
-    pytest.fail(f"run ended before step {step}: {proc.stderr.read().decode()[-2000:]}")
-
-
-def _weights(dump):
-    return load_file(os.path.join(dump, "final", "model.safetensors"))
-
-
 def _assert_identical(a, b):
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.mark.parametrize("launcher,accumulation,hidden", [([sys.executable], 2, False), (TORCHRUN, 1, False), ([sys.executable], 2, True)],
-                         ids=["1-process", "2-process", "1-process-projection"])
-def test_sigkill_then_resume_is_bit_identical(assets, tmp_path, launcher, accumulation, hidden):
+@pytest.mark.parametrize("launcher,accumulation,hidden,strategy", [
+    ([sys.executable], 2, False, "ddp"), (TORCHRUN, 1, False, "ddp"), ([sys.executable], 2, True, "ddp"), (TORCHRUN, 2, True, "fsdp"),
+], ids=["1-process", "2-process", "1-process-projection", "2-process-fsdp-projection"])
+def test_sigkill_then_resume_is_bit_identical(assets, tmp_path, launcher, accumulation, hidden, strategy):
     steps = 40
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    proc = run_train(_resume_args(assets, unbroken, steps, accumulation, hidden), launcher=launcher)
+    args = lambda dump: _resume_args(assets, dump, steps, accumulation, hidden) + ["--strategy", strategy]  # noqa: E731
+    proc = run_train(args(unbroken), launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed_at = _kill_after_step(launcher + [TRAIN] + _resume_args(assets, broken, steps, accumulation, hidden), str(broken), 10)
+    killed_at = kill_after_step(launcher + [TRAIN] + args(broken), str(broken), 10)
     assert killed_at < steps and not (broken / "final").exists()
-    state = torch.load(broken / "checkpoint" / "state.pt", weights_only=True)
+    state = torch.load(broken / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["progress"]["step"] % 8 == 0 and 8 <= state["progress"]["step"] <= killed_at
-    proc = run_train(_resume_args(assets, broken, steps, accumulation, hidden) + ["--resume"], launcher=launcher)
+    if strategy == "fsdp":  # each rank wrote its own shard
+        assert sorted(n for n in os.listdir(broken / "checkpoint") if n.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    proc = run_train(args(broken) + ["--resume"], launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_identical(unbroken, broken)
     if hidden:
@@ -91,7 +76,7 @@ def test_two_processes_match_one_with_the_same_global_batch(assets, tmp_path):
     assert [s for s, _, _ in l1] == [s for s, _, _ in l2] and len(l1) == 24
     for (_, a, _), (_, b, _) in zip(l1, l2):
         assert a == pytest.approx(b, rel=1e-4)
-    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
     e1 = [r for r in read_metrics(tmp_path / "one") if "eval_accuracy" in r][-1]
@@ -101,6 +86,63 @@ def test_two_processes_match_one_with_the_same_global_batch(assets, tmp_path):
     assert e1["eval_examples"] == e2["eval_examples"] == 40
     assert e1["eval_accuracy"] == e2["eval_accuracy"] and e1["eval_loss"] == pytest.approx(e2["eval_loss"], rel=1e-4)
     assert os.listdir(tmp_path / "two" / "final")  # one final/, written by rank 0
+
+
+def test_fsdp_matches_ddp_with_hidden_losses_and_a_projection(assets, tmp_path):
+    """The same 2-process run sharded (FSDP2) and replicated (DDP): the same losses step for step
+    and the same final student and projection, and final/ loads with from_pretrained."""
+    common = ["--batch_size", 4, "--no-group_by_size", "--log_interval", 1, "--n_epoch", 2, "--alpha_ce", 0.5, "--alpha_task", 0.5,
+              "--alpha_hidden_mse", 1, "--alpha_cos", 1, "--layer_map", "uniform", "--student_name", assets["student_narrow"]]
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        proc = run_train(train_args(assets, tmp_path / strategy, *common, "--strategy", strategy), launcher=TORCHRUN)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[strategy] = [r["loss"] for r in read_metrics(tmp_path / strategy) if "loss" in r]
+    assert len(runs["ddp"]) == 24 and runs["fsdp"] == pytest.approx(runs["ddp"], rel=1e-4)
+    w_ddp, w_fsdp = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "fsdp")
+    assert w_ddp.keys() == w_fsdp.keys()
+    for k in w_ddp:
+        assert torch.allclose(w_ddp[k], w_fsdp[k], atol=1e-5), k
+    p_ddp, p_fsdp = (load_file(os.path.join(tmp_path / s, "final", "projection.safetensors")) for s in ("ddp", "fsdp"))
+    assert p_ddp.keys() == p_fsdp.keys() == {"weight", "bias"}
+    assert all(torch.allclose(p_ddp[k], p_fsdp[k], atol=1e-5) for k in p_ddp)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "final").state_dict()
+    assert all(torch.equal(loaded[k], w_fsdp[k]) for k in w_fsdp)
+    initial = AutoModelForSequenceClassification.from_pretrained(assets["student_narrow"]).state_dict()
+    assert not torch.allclose(initial["classifier.weight"], loaded["classifier.weight"])  # it trained
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_checkpoint_resumes_at_another_world_size(assets, tmp_path, strategy):
+    """2 processes x batch 8 <-> 1 process x batch 8 x accumulation 2 (the same global batch of 16):
+    a checkpoint of either resumes on the other and ends within fp tolerance of the unbroken run
+    (no dropout: the RNG streams of ranks that did not exist cannot be restored)."""
+    def args(dump, processes):
+        return train_args(assets, dump, "--batch_size", 8, "--gradient_accumulation_steps", 3 - processes, "--n_epoch", 4,
+                          "--checkpoint_interval", 2 * (3 - processes), "--log_interval", 1, "--strategy", strategy)
+
+    launchers = {1: [sys.executable], 2: TORCHRUN}
+    proc = run_train(args(tmp_path / "unbroken", 1))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference = final_weights(tmp_path / "unbroken")
+    for before, after in ((2, 1), (1, 2)):
+        dump = tmp_path / f"{before}-to-{after}"
+        killed_at = kill_after_step(launchers[before] + [TRAIN] + args(dump, before), str(dump), 3)
+        state = torch.load(dump / "checkpoint" / "trainer.pt", weights_only=True)
+        assert 2 <= state["progress"]["step"] <= killed_at < 24 and state["progress"]["world_size"] == before
+        assert state["progress"]["examples_in_epoch"] % 16 == 0 and state["progress"]["step"] % 6  # mid-epoch
+        proc = run_train(args(dump, after) + ["--resume"], launcher=launchers[after])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        steps = [r["step"] for r in read_metrics(dump) if "loss" in r]
+        assert steps[-1] == 24
+        weights = final_weights(dump)
+        for k in reference:
+            assert torch.allclose(weights[k], reference[k], atol=1e-5), (before, after, k)
+    # the same global batch is required
+    other = args(tmp_path / "2-to-1", 1) + ["--resume"]
+    other[other.index("--gradient_accumulation_steps") + 1] = "1"
+    proc = run_train(other)
+    assert proc.returncode == 2 and "another global_batch (16; this run: 8)" in proc.stderr
 
 
 NAN_ON_RANK_1 = textwrap.dedent(
@@ -135,7 +177,7 @@ def test_nan_on_one_rank_stops_both(assets, tmp_path):
     assert proc.returncode != 0 and time.time() - start < 120
     # rank 0 had finite losses and still stops, at the same step, with the reason
     assert "error: rank 0: non-finite loss at step 4" in proc.stderr
-    state = torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=True)
+    state = torch.load(tmp_path / "run" / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["progress"]["step"] == 2  # the last good checkpoint is kept
     assert not (tmp_path / "run" / "final").exists()
 
@@ -148,7 +190,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(assets, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
-    state = torch.load(dump / "checkpoint" / "state.pt", weights_only=True)
+    state = torch.load(dump / "checkpoint" / "trainer.pt", weights_only=True)
     assert state["progress"]["step"] == max(r["step"] for r in read_metrics(dump))
     assert json.load(open(dump / "summary.json"))["interrupted"] is True
 
@@ -161,20 +203,61 @@ def test_resume_refuses_missing_corrupt_and_foreign_checkpoints(assets, tmp_path
         assert len(err) == 1 and expect in err[0], err
 
     dump = tmp_path / "run"
-    refused(_resume_args(assets, dump, 8) + ["--resume"], "--resume: no checkpoint")
+    refused(_resume_args(assets, dump, 8) + ["--resume"], "--resume: no complete checkpoint")
     assert train_in_process(_resume_args(assets, dump, 8)) == 0
-    foreign = _resume_args(assets, dump, 16) + ["--resume"]
+    before = {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)}
+    foreign = _resume_args(assets, dump, 8) + ["--resume"]
     foreign[foreign.index("--student_name") + 1] = assets["teacher"]
     refused(foreign, "other shapes")
-    before = {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)}
-    path = dump / "checkpoint" / "state.pt"
-    state = torch.load(path, weights_only=True)
+    # the schedule, the global batch and the data must be the checkpoint's
+    refused(_resume_args(assets, dump, 16) + ["--resume"], "another total_steps (8; this run: 16); resume with the same "
+            "--n_epoch/--max_steps")
+    refused(_resume_args(assets, dump, 8, accumulation=1) + ["--resume"], "another global_batch (4; this run: 2); resume with "
+            "the same --batch_size x processes x --gradient_accumulation_steps")
+    refused(_resume_args(assets, dump, 8) + ["--resume", "--learning_rate", "2e-3"], "another learning_rate")
+    other = tmp_path / "other.jsonl"
+    lines = open(assets["train"]).read().splitlines()
+    other.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # the same examples, another order
+    moved = _resume_args(assets, dump, 8) + ["--resume"]
+    moved[moved.index("--data_file") + 1] = str(other)
+    refused(moved, "another data")
+    # a foreign objective, written consistently (complete.json updated)
+    folder = dump / "checkpoint"
+    state = torch.load(folder / "trainer.pt", weights_only=True)
     state["fingerprint"]["objective"] = "mlm"
-    torch.save(state, path)
-    refused(_resume_args(assets, dump, 16) + ["--resume"], "objective 'mlm'")
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    refused(_resume_args(assets, dump, 16) + ["--resume"], "truncated or corrupt")
+    torch.save(state, folder / "trainer.pt")
+    sizes = json.load(open(folder / "complete.json"))
+    saved = dict(sizes["files"])
+    sizes["files"]["trainer.pt"] = (folder / "trainer.pt").stat().st_size
+    (folder / "complete.json").write_text(json.dumps(sizes))
+    refused(_resume_args(assets, dump, 8) + ["--resume"], "objective 'mlm'")
+    shard = next(name for name in saved if name.endswith(".distcp"))
+    (folder / shard).write_bytes((folder / shard).read_bytes()[: saved[shard] // 2])
+    refused(_resume_args(assets, dump, 8) + ["--resume"], f"checkpoint file '{folder / shard}' is truncated or changed")
     assert {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)} == before
+
+
+@pytest.mark.parametrize("left", ["checkpoint.tmp", "checkpoint.old"])
+def test_a_save_killed_between_its_renames_leaves_a_checkpoint(assets, tmp_path, monkeypatch, left):
+    """The swap is two renames (checkpoint -> .old, then .tmp -> checkpoint): a kill between them
+    leaves no checkpoint/ but a complete .old/ and .tmp/. --resume reads either, and the next
+    save puts checkpoint/ back without a moment where no complete checkpoint exists."""
+    from distillation import checkpoint as ckpt
+
+    dump = tmp_path / "run"
+    distiller, _, _ = build_distiller(assets, dump)
+    os.makedirs(dump)
+    distiller._save_checkpoint()
+    os.replace(dump / "checkpoint", dump / left)
+    assert ckpt.find_checkpoint(str(dump)) == str(dump / left)
+    assert ckpt.load_checkpoint(str(dump), distiller.model, distiller.optimizer, distiller.fingerprint())["progress"]["step"] == 0
+    with monkeypatch.context() as patch:  # killed again while writing the shards
+        patch.setattr(ckpt.dcp, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            distiller._save_checkpoint()
+    assert ckpt.find_checkpoint(str(dump)) is not None
+    distiller._save_checkpoint()
+    assert ckpt.find_checkpoint(str(dump)) == str(dump / "checkpoint") and not (dump / left).exists()
 
 
 def test_more_processes_than_visible_gpus_is_refused(monkeypatch):

@@ -1,7 +1,7 @@
 """Run a teacher once over a dataset and keep its outputs for --teacher_logits.
 
     python scripts/cache_teacher.py --teacher_name T --data_file train.txt --max_seq_length 512 \
-        --dump_path runs/teacher_cache [--method topk --k 12 | --method sampled --k 12]
+        --dump_path runs/teacher_cache [--method sampled --head 4 --k 23 | --method topk --k 12]
     torchrun --nproc_per_node=4 scripts/cache_teacher.py ...      # shards split over processes
     python scripts/train.py --objective clm --teacher_logits runs/teacher_cache --student_name S \
         --data_file train.txt --max_seq_length 512 --dump_path runs/student
@@ -34,17 +34,22 @@ def parse_args(argv=None):
     p.add_argument("--max_seq_length", type=int, help="As the training run's (default: 1024 or what the teacher accepts).")
     p.add_argument("--prompt_template", help="Instruction data: as the training run's.")
     p.add_argument("--temperature", type=float, default=2.0, help="T of the cached distributions = the training run's --temperature.")
-    p.add_argument("--method", choices=METHODS, help="clm: topk (k ids + log-probs + tail mass, the default) or sampled (k "
-                   "draws); classification: full (its logits, the only choice).")
-    p.add_argument("--k", type=int, default=12, help="Ids kept (topk) or draws (sampled) per position (default 12: 50 / 48 bytes).")
+    p.add_argument("--method", choices=METHODS, help="clm: sampled (the head ids exact + k draws from the rest, the default) or "
+                   "topk (k ids + log-probs + tail mass); classification: full (its logits, the only choice).")
+    p.add_argument("--k", type=int, help="Draws (sampled; default 23) or ids kept (topk; default 12) per position.")
+    p.add_argument("--head", type=int, default=4, help="sampled: the teacher's most likely ids kept exact before the draws "
+                   "(default 4; with k = 23: 64 bytes a position at a vocabulary up to 65,536).")
     p.add_argument("--batch_size", type=int, default=8, help="Examples per teacher forward pass.")
     p.add_argument("--shard_size", type=int, default=1000, help="Examples per shard (the unit of resume and of rank split).")
     p.add_argument("--seed", type=int, default=56, help="Seed of the draws (sampled).")
     p.add_argument("--force", action="store_true", help="Replace an existing cache in --dump_path.")
     args = p.parse_args(argv)
-    require_positive(args, "k", "batch_size", "shard_size")
     classification = args.objective == "sequence_classification"
-    args.method = args.method or ("full" if classification else "topk")
+    args.method = args.method or ("full" if classification else "sampled")
+    args.k = args.k if args.k is not None else {"sampled": 23, "topk": 12}.get(args.method)
+    require_positive(args, "batch_size", "shard_size", *(["k"] if args.k is not None else []))
+    if args.head < 0:
+        raise InputError(f"--head {args.head}: must be 0 or more")
     if (args.method == "full") != classification:
         raise InputError(f"--method {args.method}: {args.objective} caches "
                          f"{'its logits whole (--method full)' if classification else 'topk or sampled'}")
@@ -59,9 +64,10 @@ def _main(argv=None):
               "text_pair_column": args.text_pair_column, "label_column": args.label_column}
     cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None})
     env = init_distributed(cfg.ddp_timeout_minutes)
-    manifest = cache_pass(cfg, env, args.method, args.k, args.shard_size, args.batch_size, args.force)
+    manifest = cache_pass(cfg, env, args.method, args.k, args.head, args.shard_size, args.batch_size, args.force)
     if env.is_main:
-        kept = f"{manifest['method']} k={manifest['k']}, {manifest['bytes_per_row']} bytes a position" if manifest["k"] else \
+        head = f" head={manifest['head']}" if manifest["head"] is not None else ""
+        kept = f"{manifest['method']}{head} k={manifest['k']}, {manifest['bytes_per_row']} bytes a position" if manifest["k"] else \
             f"full logits, {manifest['bytes_per_row']} bytes an example"
         print(f"cache: {args.dump_path} ({manifest['n_examples']} examples, {kept}, T={manifest['temperature']:g}, "
               f"max_seq_length {manifest['max_seq_length']})")

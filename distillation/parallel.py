@@ -1,0 +1,105 @@
+"""How the student (and the teacher) are spread over processes: `--strategy ddp|fsdp`.
+
+The Distiller calls one Strategy and never asks which: `wrap` gives the module it trains,
+`teacher` places the frozen teacher, `gradient_sync` says whether this micro-batch's backward
+reduces gradients (accumulation), `full_state` gathers the weights for saving. Checkpoints go
+through torch.distributed.checkpoint for both (distillation/checkpoint.py), which reads the
+per-parameter shards of either at any world size.
+
+- ddp: DistributedDataParallel. Every process holds the whole student, its gradients, both
+  AdamW moments and the whole teacher: 16 bytes a student parameter (fp32) plus the teacher.
+- fsdp: FSDP2 (`fully_shard`) on each transformer block and then on the root, so a block's
+  parameters are gathered just before it runs and freed after; parameters, gradients and
+  AdamW state are sharded: ~16/N bytes a student parameter on N processes. The teacher is
+  sharded the same way (no gradients, no optimizer) unless --replicate_teacher. bf16 runs
+  blocks in bf16 (MixedPrecisionPolicy) and reduces gradients in fp32. On one process
+  there is nothing to shard: fsdp trains the plain module, as ddp does.
+  Limits: no fp16 (GradScaler's overflow check is per shard), no --loss_chunk_rows (the LM
+  head runs outside the forward); a sharded teacher runs on every micro-batch of every rank
+  together, so its logits are not cached.
+"""
+
+import contextlib
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+
+def transformer_blocks(model: torch.nn.Module):
+    """The model's repeated blocks: its longest ModuleList (bert.encoder.layer, model.layers,
+    transformer.h...). Embeddings and the LM head stay with the root, where tied weights meet."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+class Strategy:
+    """ddp; also what one process does under either strategy."""
+
+    name = "ddp"
+    shards_teacher = False
+
+    def __init__(self, cfg, env):
+        self.cfg, self.env = cfg, env
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to run forward/backward through (`model` keeps its parameters' names)."""
+        if not self.env.is_distributed:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
+
+    def teacher(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.env.device)
+
+    def gradient_sync(self, train_model, sync: bool):
+        """Context of one micro-batch's forward and backward: reduce gradients only when `sync`."""
+        if sync or not self.env.is_distributed:
+            return contextlib.nullcontext()
+        return train_model.no_sync()
+
+    def full_state(self, model: torch.nn.Module) -> dict:
+        """`model`'s whole state dict, for the main process to save (called on every rank)."""
+        return model.state_dict()
+
+
+class FSDPStrategy(Strategy):
+    name = "fsdp"
+
+    def __init__(self, cfg, env):
+        super().__init__(cfg, env)
+        self.sharded = env.is_distributed
+        self.shards_teacher = self.sharded and not cfg.replicate_teacher
+        bf16 = cfg.precision == "bf16"
+        self.policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+
+    def _shard(self, model, root):
+        for block in transformer_blocks(root):
+            fully_shard(block, mp_policy=self.policy)
+        fully_shard(model, mp_policy=self.policy)
+
+    def wrap(self, model):
+        if self.sharded:
+            self._shard(model, model)  # the root (student + projection) holds embeddings, head and projection
+        return model
+
+    def teacher(self, model):
+        model = model.to(self.env.device)
+        if self.shards_teacher:
+            self._shard(model, model)
+        return model
+
+    def gradient_sync(self, train_model, sync: bool):
+        if self.sharded:
+            train_model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def full_state(self, model):
+        """Gathered from the shards to CPU on the main process (a collective: every rank calls it)."""
+        if not self.sharded:
+            return model.state_dict()
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def build_strategy(cfg, env) -> Strategy:
+    return FSDPStrategy(cfg, env) if cfg.strategy == "fsdp" else Strategy(cfg, env)
