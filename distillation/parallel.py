@@ -28,10 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 
 def transformer_blocks(model: torch.nn.Module):
-    """The model's repeated blocks: its longest ModuleList (bert.encoder.layer, model.layers,
-    transformer.h...). Embeddings and the LM head stay with the root, where tied weights meet."""
+    """The model's repeated blocks: the ModuleList holding the most parameters (bert.encoder.layer,
+    model.layers, transformer.h...), found by shape for any architecture. Embeddings and the LM
+    head stay with the root, where tied weights meet."""
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))) if lists else []
 
 
 class Strategy:
