@@ -206,7 +206,7 @@ def format_table(results: list, meta: dict) -> str:
             lines.append(f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | failed: {r['failed']} |")
             continue
         lines.append(f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | {r['params_mb']:.0f} | {r['grads_mb']:.0f} | "
-                     f"{r['optimizer_mb']:.0f} | {r['student_state_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['optimizer_mb']:.0f} | {r['student_state_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['tokens_per_s']:.1f} | "
                      f"{100 * r['teacher_share']:.0f}% | {100 * r['mfu']:.1f}% |")
     lines.append(f"\n{meta['machine']}; {meta['note']}")
     return "\n".join(lines)
