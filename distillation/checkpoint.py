@@ -32,9 +32,8 @@ from distillation.errors import InputError
 from distillation.offline_logits import file_sha256
 
 DIR, TRAINER, COMPLETE = "checkpoint", "trainer.pt", "complete.json"
-# fingerprint key -> the flag that sets it (named when a resume differs)
-FLAGS = {"objective": "--objective", "shapes": "--student_name/--student_config", "data": "--data_file",
-         "batch_size": "--batch_size", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
+# fingerprint key -> the flag that sets it (named when a resume differs; objective and shapes have their own lines)
+FLAGS = {"data": "--data_file", "batch_size": "--batch_size", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
          "total_steps": "--n_epoch/--max_steps", "learning_rate": "--learning_rate", "warmup_prop": "--warmup_prop",
          "weight_decay": "--weight_decay", "seed": "--seed", "group_by_size": "--group_by_size"}
 

@@ -54,7 +54,6 @@ class Distiller:
         self.device = env.device
         self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
         self.teacher = teacher  # Teacher (its model, maybe cached logits) or OfflineTeacher (--teacher_logits)
-        self.teacher_cached = bool(getattr(teacher, "caches", {}).get("train"))  # --cache_teacher_logits in effect
 
         # Hidden-state losses: which layers meet, and a projection when widths differ.
         self.layer_pairs, projection = [], None

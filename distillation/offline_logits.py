@@ -32,6 +32,7 @@ exists (written last, by rename), so an interrupted cache pass resumes by skippi
 shards; under torchrun rank r writes shards r, r + world, ...
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -54,6 +55,14 @@ MUST_MATCH = {"objective": "--objective", "data_sha256": "--data_file", "tokeniz
 
 
 def file_sha256(path: str) -> str:
+    """Read once per process for an unchanged file: the cache identity and the checkpoint
+    fingerprint both ask for the data file's."""
+    stat = os.stat(path)
+    return _sha256(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

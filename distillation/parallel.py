@@ -40,6 +40,7 @@ class Strategy:
 
     name = "ddp"
     shards_teacher = False
+    holds = "each process holds the whole student and teacher"  # for the run's header
 
     def __init__(self, cfg, env):
         self.cfg, self.env = cfg, env
@@ -71,6 +72,8 @@ class FSDPStrategy(Strategy):
         super().__init__(cfg, env)
         self.sharded = env.is_distributed
         self.shards_teacher = self.sharded and not cfg.replicate_teacher
+        self.holds = "student, gradients and AdamW state sharded; teacher " + (
+            "sharded: its logits are not cached" if self.shards_teacher else "whole on each process")
         bf16 = cfg.precision == "bf16"
         self.policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
 

@@ -70,10 +70,9 @@ def build(cfg, env):
     if cfg.teacher_logits:
         source = offline_teacher(cfg, objective, tokenizer, train_dataset, student, env)
     else:  # a sharded teacher runs on every rank together: no rank may skip it on a cache hit
-        cache = not strategy.shards_teacher
         placed = strategy.teacher(teacher) if teacher is not None else None
-        source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()) if cache else 0,
-                         cfg.cache_teacher_logits and cache)
+        source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
+                         may_cache=not strategy.shards_teacher)
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
 
 

@@ -130,14 +130,10 @@ def run_header(d, fresh_weights) -> list:
         f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
         f"accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
-        f"clip {cfg.max_grad_norm:g}; {cfg.precision}" + ("; teacher logits cached after the first epoch" if d.teacher_cached else ""),
+        f"clip {cfg.max_grad_norm:g}; {cfg.precision}" + ("; teacher logits cached after the first epoch" if getattr(d.teacher, "caches", {}).get("train") else ""),
     ]
     if d.env.is_distributed:
-        sharded = d.strategy.name == "fsdp"
-        lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes (" + (
-            "student, gradients and AdamW state sharded; teacher " + ("sharded: its logits are not cached" if d.strategy.shards_teacher
-                                                                      else "whole on each process") if sharded
-            else "each process holds the whole student and teacher") + ")")
+        lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes ({d.strategy.holds})")
     if cfg.precision == "bf16" and not fast_bf16(d.device):
         lines.append("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --precision bf16 is emulated and much slower "
                      "than fp32 here")

@@ -36,13 +36,14 @@ class TeacherCache:
 
 class Teacher:
     """The frozen teacher (or none, for plain training) and its caches: one for the training
-    set when `cache_train`, one for the evaluation set when the objective's inputs allow."""
+    set when `cache_train`, one for the evaluation set when the objective's inputs allow.
+    `may_cache=False` (a teacher sharded over ranks) keeps none: every rank must run each forward."""
 
-    def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool):
+    def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool, may_cache: bool = True):
         self.model = model.to(device) if model is not None else None
         self.objective = objective
         self.accepted = forward_inputs(model) if model is not None else set()
-        cacheable = model is not None and objective.deterministic_inputs
+        cacheable = may_cache and model is not None and objective.deterministic_inputs
         self.caches = {
             "train": TeacherCache(n_train) if cacheable and cache_train else None,
             "eval": TeacherCache(n_eval) if cacheable and n_eval else None,
