@@ -12,7 +12,8 @@ setup(
         "console_scripts": [
             f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"
             for name in ("train", "extract", "extract_distilbert", "binarized_data", "token_counts",
-                         "convert_gguf", "demo", "evaluate", "benchmark", "benchmark_losses", "benchmark_scale", "cache_teacher")
+                         "convert_gguf", "demo", "evaluate", "benchmark", "benchmark_losses", "benchmark_scale", "benchmark_offline",
+                         "cache_teacher")
         ]
     },
     extras_require={

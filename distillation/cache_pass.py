@@ -12,11 +12,13 @@ from tqdm import tqdm
 
 from distillation.distributed import barrier
 from distillation.errors import InputError
-from distillation.models import load_configs, load_teacher, load_tokenizer, sequence_limit
+from distillation.data.identity import example_digests
+from distillation.models import check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import build_objective
 from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import (
-    FORMAT, TEACHER_CONFIG, id_dtype, read_manifest, run_identity, shard_done, shard_stem, sparse_targets,
+    EXAMPLES, FORMAT, TEACHER_CONFIG, check_examples, id_dtype, read_manifest, run_identity, shard_done, shard_stem,
+    sparse_targets,
 )
 from distillation.teacher import Teacher
 
@@ -40,23 +42,31 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
                 "shards": -(-len(dataset) // shard_size), "seed": cfg.seed}
     width = {"values": teacher_config.num_labels} if full else {"ids": k + (head or 0), "values": k if head is None else head}
     manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * width.get(n, 1) for n in arrays)
+    digests = example_digests(dataset)
     path = os.path.join(cfg.dump_path, "manifest.json")
-    if os.path.exists(path) and not force:
+    resume = os.path.exists(path) and not force
+    if resume:  # finish the cache that is there, if it is this one
         old = read_manifest(cfg.dump_path, "--dump_path")
         changed = [key for key in manifest if old.get(key) != manifest[key]]
         if changed:
             raise InputError(f"--dump_path: '{cfg.dump_path}' holds a cache made with another {changed[0]} "
                              f"({old.get(changed[0])!r}; now {manifest[changed[0]]!r}); add --force to replace it")
+        check_examples(cfg.dump_path, digests, "--dump_path", "add --force to replace the cache")
     elif os.path.exists(cfg.dump_path) and os.listdir(cfg.dump_path) and not force:
         raise InputError(f"--dump_path: '{cfg.dump_path}' exists and holds no cache; add --force to replace it")
-    teacher = Teacher(load_teacher(cfg, objective, teacher_config), objective, env.device, 0, 0, cache_train=False)
-    if env.is_main:
+    model = load_teacher(cfg, objective, teacher_config)
+    check_pair(model, None, tokenizer)
+    teacher = Teacher(model, objective, env.device, 0, 0, cache_train=False)
+    barrier(env)  # every rank has read what is there before rank 0 writes
+    if env.is_main and not resume:
         if force and os.path.isdir(cfg.dump_path):
             shutil.rmtree(cfg.dump_path)
         os.makedirs(cfg.dump_path, exist_ok=True)
         teacher_config.save_pretrained(os.path.join(cfg.dump_path, TEACHER_CONFIG))  # labels, vocabulary, positions
-        with open(path, "w") as f:
-            json.dump(manifest, f, indent=2)
+        if digests is not None:
+            _replace(os.path.join(cfg.dump_path, EXAMPLES), lambda f: np.save(f, digests))
+        # Written once, last: a folder with a manifest holds a complete header.
+        _replace(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     barrier(env)
     mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
@@ -80,6 +90,13 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
     return manifest
 
 
+def _replace(path: str, write) -> None:
+    """Write a file under a temporary name, then rename it into place: readers see all or nothing."""
+    with open(path + ".tmp", "wb") as f:
+        write(f)
+    os.replace(path + ".tmp", path)
+
+
 def write_shard(folder: str, shard: int, parts: dict, counts: list, dtypes: dict) -> None:
     """Save one shard: `parts[name]` are the [rows, ...] tensors of its batches in order, `counts`
     the rows of each example."""
@@ -97,7 +114,7 @@ def batch_entries(objective, logits: torch.Tensor, batch, method: str, k: int, h
     if method == "full":
         return {"values": logits.float()}, [1] * len(logits)
     positions, _ = objective.token_rows(batch)
-    t = sparse_targets(gather_rows(logits, positions), method, k, temperature, generator, head or 0)
+    t = sparse_targets(gather_rows(logits, positions, objective.columns), method, k, temperature, generator, head or 0)
     entries = {"ids": t.ids, "values": t.values, "tail": t.tail, "entropy": t.entropy}
     entries = {name: tensor for name, tensor in entries.items() if tensor is not None}
     return entries, torch.bincount(positions // logits.shape[1], minlength=logits.shape[0]).tolist()

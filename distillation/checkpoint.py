@@ -11,8 +11,11 @@ checkpoint (`checkpoint/`, else a complete `.tmp/` or `.old/` when the kill fell
 DCP reads the shards of any world size into any other and either strategy's layout into
 either: with the data position counted in global examples, a run moves between 1 and N
 processes as long as its global batch (batch x processes x accumulation) is the same. The
-fingerprint refuses a resume whose model, data, global batch or schedule differs. Loading
-uses `weights_only=True`: the files hold only tensors and plain containers.
+fingerprint refuses a resume that would train on anything else: another model, teacher
+(its config and a sample of its weights, or the cache's manifest), data (the files, and the
+token ids of every tokenised example), loss (temperature, divergence, every weight), global
+batch, schedule or precision. Loading uses `weights_only=True`: the files hold only tensors
+and plain containers.
 """
 
 import json
@@ -29,13 +32,21 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from distillation.distributed import barrier
 from distillation.errors import InputError
-from distillation.offline_logits import file_sha256
+from distillation.data.identity import digests_sha256, example_digests, file_sha256
+from distillation.data.lm_seqs_dataset import OFFSETS_SUFFIX, TOKENS_SUFFIX
 
 DIR, TRAINER, COMPLETE = "checkpoint", "trainer.pt", "complete.json"
-# fingerprint key -> the flag that sets it (named when a resume differs; objective and shapes have their own lines)
-FLAGS = {"data": "--data_file", "batch_size": "--batch_size", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
-         "total_steps": "--n_epoch/--max_steps", "learning_rate": "--learning_rate", "warmup_prop": "--warmup_prop",
-         "weight_decay": "--weight_decay", "seed": "--seed", "group_by_size": "--group_by_size"}
+# Options a resume must keep: each changes the data, the loss or the optimisation (--option).
+SETTINGS = ("batch_size", "learning_rate", "warmup_prop", "weight_decay", "max_grad_norm", "adam_epsilon", "seed", "group_by_size",
+            "precision", "temperature", "divergence", "divergence_beta", "alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse",
+            "alpha_cos", "layer_map", "max_seq_length", "prompt_template", "text_column", "text_pair_column", "label_column",
+            "label_names", "validation_split", "restrict_ce_to_mask", "mlm_mask_prop", "word_mask", "word_keep", "word_rand",
+            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds")
+# Fingerprint keys computed from the run -> the flags that set them (objective and shapes have their own lines).
+DERIVED = {"teacher": "--teacher_name/--teacher_logits", "data": "--data_file",
+           "token_ids": "tokenizer (--tokenizer_name/--student_name and its chat template)", "eval_data": "--eval_file",
+           "token_counts": "--token_counts", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
+           "total_steps": "--n_epoch/--max_steps"}
 
 
 def checkpoint_dir(dump_path: str) -> str:
@@ -52,22 +63,39 @@ def find_checkpoint(dump_path: str) -> Optional[str]:
     return None
 
 
-def fingerprint(cfg, model: torch.nn.Module, world_size: int, total_steps: int, data: str) -> Dict:
-    """What a resume must share with the run that wrote the checkpoint."""
+def fingerprint(cfg, model: torch.nn.Module, world_size: int, total_steps: int, inputs: Dict) -> Dict:
+    """What a resume must share with the run that wrote the checkpoint; `inputs` from
+    inputs_fingerprint."""
     return {
         "objective": cfg.objective,
         "shapes": {name: list(p.shape) for name, p in model.state_dict().items()},
-        "data": data,
-        "batch_size": cfg.batch_size,
+        **inputs,
         "global_batch": cfg.batch_size * world_size * cfg.gradient_accumulation_steps,
         "total_steps": total_steps,
-        **{k: getattr(cfg, k) for k in ("learning_rate", "warmup_prop", "weight_decay", "seed", "group_by_size")},
+        **{k: getattr(cfg, k) for k in SETTINGS},
     }
 
 
-def data_fingerprint(data_file: str, n_examples: int) -> str:
-    digest = file_sha256(data_file) if os.path.isfile(data_file) else "a folder"
-    return f"{n_examples} examples of {os.path.basename(data_file)}, sha256 {digest[:16]}"
+def inputs_fingerprint(cfg, train_dataset, eval_dataset, teacher) -> Dict:
+    """The fingerprint's digests of what the run reads: data files, the token ids of every
+    tokenised example, the evaluation data, the token counts and the teacher (`teacher.identity`)."""
+    return {
+        "teacher": teacher.identity,
+        "data": data_fingerprint(cfg.data_file, len(train_dataset)),
+        "token_ids": digests_sha256(example_digests(train_dataset)),
+        "eval_data": data_fingerprint(cfg.eval_file, len(eval_dataset)) if cfg.eval_file else None,
+        "token_counts": data_fingerprint(cfg.token_counts, None) if cfg.token_counts else None,
+    }
+
+
+def data_fingerprint(data_file: str, n_examples: Optional[int]) -> str:
+    """`N examples of name sha256 ...`: a binarized .tokens.npy counts with its .offsets.npy,
+    which says where each sequence starts."""
+    files = [data_file]
+    if data_file.endswith(TOKENS_SUFFIX):
+        files.append(data_file[: -len(TOKENS_SUFFIX)] + OFFSETS_SUFFIX)
+    digests = [f"{os.path.basename(f)} sha256 {file_sha256(f)[:16] if os.path.isfile(f) else 'a folder'}" for f in files]
+    return (f"{n_examples} examples of " if n_examples is not None else "") + ", ".join(digests)
 
 
 def save_checkpoint(dump_path: str, model, optimizer, trainer_state: Dict, env) -> None:
@@ -131,9 +159,12 @@ def check_fingerprint(found: Dict, expected: Dict, folder: str) -> None:
                          f"not '{expected['objective']}'")
     if found.get("shapes") != expected["shapes"]:
         raise InputError(f"--resume: checkpoint '{folder}' holds a model of other shapes than this run's student")
-    for key, flag in FLAGS.items():
-        if found.get(key) != expected[key]:
-            raise InputError(f"--resume: the checkpoint was written with another {key} ({found.get(key)!r}; this run: "
+    for key, flag in [*DERIVED.items(), *((k, f"--{k}") for k in SETTINGS)]:
+        if key not in found:
+            raise InputError(f"--resume: checkpoint '{folder}' was written by an older version that did not record its {key}, "
+                             "so this run cannot be checked against it; start a new run")
+        if found[key] != expected[key]:
+            raise InputError(f"--resume: the checkpoint was written with another {key} ({found[key]!r}; this run: "
                              f"{expected[key]!r}); resume with the same {flag}")
 
 

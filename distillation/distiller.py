@@ -98,6 +98,7 @@ class Distiller:
 
         self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main, strategy.full_state)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.skipped_steps = 0  # fp16: steps the GradScaler skipped for inf/NaN gradients
         self.stop_signal = None
         self.log = None  # opened by open_log() once the run folder is ready
         self.history = []  # (examples, tokens, seconds) per log interval, for the summary
@@ -172,6 +173,7 @@ class Distiller:
                 epoch_end = self.batch_in_epoch >= self.micro_per_epoch
                 if epoch_end:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self.teacher.end_epoch(self.env)
                 self._log_train(window)
                 if self.eval_dataset is not None and self.last_eval_step != self.step:
                     stop_early = self._evaluate()
@@ -207,24 +209,35 @@ class Distiller:
                  float(not torch.isfinite(sums).all()), float(self.stop_signal is not None)]
         reduced = all_reduce_sum(torch.cat([sums, torch.tensor(local, device=self.device, dtype=sums.dtype)]), self.env)
         if reduced[-2] > 0:
-            raise TrainingStopped(
-                f"rank {self.env.rank}: non-finite loss at step {self.step + 1} (epoch {self.epoch}); the weights of that step were not "
-                f"applied and the last good checkpoint is in {ckpt.checkpoint_dir(self.cfg.dump_path)}. "
-                "Try a lower --learning_rate or --precision bf16/fp32"
-            )
+            self._stop("non-finite loss")
         if reduced[-1] > 0 and self.stop_signal is None:
             self.stop_signal = signal.SIGTERM  # another rank was told to stop: stop together
         lr = self.scheduler.get_last_lr()[0]
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        # Gradients are the same on every rank (reduced by DDP; FSDP's norm is a collective), so
+        # every rank takes the same decision. fp16's GradScaler skips an overflowing step itself
+        # and lowers its scale; in fp32/bf16 a NaN/inf gradient is no overflow but a fault.
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm).item():
+            self._stop("non-finite gradient norm under a finite loss")
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if scale is not None and self.scaler.get_scale() < scale:
+            self.skipped_steps += 1  # the scaler found inf/NaN gradients and did not step
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         values = {t: (reduced[i] / norm[TERMS[t][1]]).item() for i, t in enumerate(self.terms)}
         values["loss"] = sum(getattr(self.cfg, TERMS[t][0]) * values[t] for t in self.terms)
         values["examples"], values["tokens"], values["lr"] = reduced[-4].item(), reduced[-3].item(), lr
         return values
+
+    def _stop(self, what: str):
+        """Every rank stops before this step's update: the weights and checkpoints stay finite."""
+        saved = ckpt.find_checkpoint(self.cfg.dump_path)
+        where = f"the last good checkpoint is {saved} (--resume continues from it)" if saved else "no checkpoint was written yet"
+        raise TrainingStopped(f"rank {self.env.rank}: {what} at step {self.step + 1} (epoch {self.epoch}); the weights of that "
+                              f"step were not applied and {where}. Try a lower --learning_rate or --precision bf16/fp32")
 
     def _loss_terms(self, batch) -> dict:
         """Loss sums of one micro-batch (not yet normalised)."""
@@ -277,11 +290,11 @@ class Distiller:
 
     # --- checkpoints, the end ----------------------------------------------------------------------
     @functools.cached_property
-    def data_fingerprint(self) -> str:  # hashes the data file: only once a checkpoint is written or read
-        return ckpt.data_fingerprint(self.cfg.data_file, len(self.train_dataset))
+    def inputs_fingerprint(self) -> dict:  # hashes the data: only once a checkpoint is written or read
+        return ckpt.inputs_fingerprint(self.cfg, self.train_dataset, self.eval_dataset, self.teacher)
 
     def fingerprint(self) -> dict:
-        return ckpt.fingerprint(self.cfg, self.model, self.env.world_size, self.total_steps, self.data_fingerprint)
+        return ckpt.fingerprint(self.cfg, self.model, self.env.world_size, self.total_steps, self.inputs_fingerprint)
 
     def trainer_state(self) -> dict:
         """All but the weights and AdamW moments (those are DCP shards). The data position is in
@@ -290,7 +303,8 @@ class Distiller:
         return {
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": {"step": self.step, "epoch": self.epoch, "examples_in_epoch": examples, "world_size": self.env.world_size},
+            "progress": {"step": self.step, "epoch": self.epoch, "examples_in_epoch": examples, "world_size": self.env.world_size,
+                         "skipped_steps": self.skipped_steps},
             "folders": self.folders.state_dict(),
             "last_eval": {"step": self.last_eval_step, "metrics": self.last_eval},
             "fingerprint": self.fingerprint(),
@@ -300,7 +314,7 @@ class Distiller:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         progress = state["progress"]
-        self.step, self.epoch = progress["step"], progress["epoch"]
+        self.step, self.epoch, self.skipped_steps = progress["step"], progress["epoch"], progress["skipped_steps"]
         self.batch_in_epoch = progress["examples_in_epoch"] // (self.env.world_size * self.cfg.batch_size)
         self.folders.load_state_dict(state["folders"])
         self.last_eval_step, self.last_eval = state["last_eval"]["step"], state["last_eval"]["metrics"]
@@ -319,7 +333,7 @@ class Distiller:
         best = self.folders.best
         summary = {
             "step": self.step, "epoch": self.epoch_progress, "interrupted": interrupted, "stopped_early": stopped_early,
-            "wall_time_s": time.time() - start,
+            "wall_time_s": time.time() - start, "skipped_steps": self.skipped_steps,
             "examples_per_s": examples / seconds if seconds else None,
             "tokens_per_s": tokens / seconds if seconds else None,
             "student_parameters": sum(p.numel() for p in self.model.student.parameters()),
@@ -328,6 +342,7 @@ class Distiller:
             "best": None if best["step"] is None else {"metric": self.cfg.save_best_metric, **best,
                                                        "folder": os.path.join(self.cfg.dump_path, "best")},
             **self.last_eval,
+            **self.teacher.report(self.env),
         }
         if not interrupted:
             self.folders.save("final", self.model, self.last_eval if self.last_eval_step == self.step else {},

@@ -3,8 +3,8 @@
 Batches are the examples sorted by length (little padding), dealt round-robin to the ranks:
 every example is scored by exactly one process, and the per-example statistics of all ranks
 are gathered before the objective turns them into metrics, so 1 and N processes report the
-same numbers. Random inputs (MLM's masks) come from a generator seeded identically at every
-evaluation, so successive evaluations score the same inputs.
+same numbers. Random inputs (MLM's masks) come from a generator seeded by the batch's place in
+that global order, so every evaluation, at any number of processes, scores the same inputs.
 """
 
 import torch
@@ -24,10 +24,12 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
     # Every rank runs as many forward passes (a sharded model's are collectives): the short ones
     # repeat their first batch and drop its statistics.
     padding = -(-len(batches) // env.world_size) - len(mine)
-    generator = torch.Generator(env.device).manual_seed(seed)
+    numbers = list(range(env.rank, len(batches), env.world_size)) + [0] * padding  # each batch's place in the global order
+    generator = torch.Generator(env.device)
     loader = DataLoader(dataset, batch_sampler=mine + batches[:1] * padding, collate_fn=objective.collate)
     stats = {}
     for i, batch in enumerate(loader):
+        generator.manual_seed(seed * 1_000_003 + numbers[i])
         batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
         with autocast():
             s_logits, _ = model(objective.model_inputs(batch))

@@ -3,6 +3,13 @@
 The Distiller divides every sum by the global count of rows (or tokens) of the whole
 optimizer step, so one step's loss equals the loss of the concatenated batch whatever the
 gradient accumulation and world size (DESIGN §4). All math runs in fp32 under any autocast.
+
+Logits of -inf (a column the model masks: padded vocabulary rows, banned tokens) have
+probability 0. The divergences take 0·log 0 = 0, so a column both models mask adds nothing
+and forward KL stays finite where only the teacher masks one. Where the true value is
+infinite (reverse KL onto a column the teacher masks while the student gives it mass), the
+masked probability is taken as float32's smallest normal number (log = -87.3): the term is
+p_s·(log p_s + 87.3), finite, and its gradient pushes the student's mass off that column.
 """
 
 import math
@@ -10,13 +17,24 @@ import math
 import torch
 import torch.nn.functional as F
 
+# log of float32's smallest normal number: what a probability of exactly 0 counts as in a log.
+LOG_ZERO = math.log(torch.finfo(torch.float32).tiny)
+
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    """log softmax(logits / T) in fp32, with masked (-inf) columns at LOG_ZERO: finite, so that no
+    0·(-inf) or (-inf) - (-inf) makes a NaN in the loss or its gradient."""
+    return finite_log_probs(F.log_softmax(logits.float() / temperature, dim=-1))
+
+
+def finite_log_probs(log_p: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities with -inf (probability 0) replaced by LOG_ZERO; NaN stays NaN."""
+    return torch.where(log_p == float("-inf"), LOG_ZERO, log_p)
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """[N]: KL(p || q) of each row, from log-probabilities (0·log 0 = 0 where p = 0)."""
+    """[N]: KL(p || q) of each row, from finite log-probabilities (a column at LOG_ZERO on both
+    sides adds exactly 0; at LOG_ZERO in p alone, e^-87.3·(...) ~ 1e-36)."""
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=-1)
 
 

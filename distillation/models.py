@@ -5,6 +5,7 @@ becomes an InputError that names the flag. Configs are read first (cheap), so th
 sequence limit and the labels are known before any data or weights are loaded.
 """
 
+import hashlib
 import inspect
 import json
 import os
@@ -195,15 +196,16 @@ def _read_state_dict(path: str) -> dict:
 
 
 def check_pair(teacher, student, tokenizer) -> None:
-    """Teacher and student must read the same token ids."""
+    """Teacher and student (either may be None) must both cover the tokenizer's ids. Their
+    embedding tables may be padded to different sizes past it (Qwen2.5-7B has 152,064 rows,
+    Qwen2.5-1.5B 151,936, over one tokenizer of 151,665 tokens): only the first len(tokenizer)
+    logits are distilled and scored (Objective.columns)."""
     n_tok = len(tokenizer)
-    if student.config.vocab_size < n_tok:
-        raise InputError(f"the student's vocab_size={student.config.vocab_size} is smaller than the tokenizer's {n_tok} tokens")
-    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
-        raise InputError(
-            f"--teacher_name has vocab_size={teacher.config.vocab_size} but the student has "
-            f"vocab_size={student.config.vocab_size}: teacher and student must share a vocabulary"
-        )
+    sizes = {who: model.config.vocab_size for who, model in (("the teacher", teacher), ("the student", student)) if model is not None}
+    if any(size < n_tok for size in sizes.values()):
+        have = ", ".join(f"{who} has vocab_size={size}" for who, size in sizes.items())
+        raise InputError(f"{have}, the tokenizer {n_tok} tokens: teacher and student must share the tokenizer's vocabulary "
+                         "and cover all of it (--teacher_name, --student_name/--student_config, --tokenizer_name)")
 
 
 def check_tokenizers(cfg, tokenizer) -> None:
@@ -216,6 +218,20 @@ def check_tokenizers(cfg, tokenizer) -> None:
         return  # no tokenizer beside the student: it reads the teacher's ids
     if other.get_vocab() != tokenizer.get_vocab():
         raise InputError("--student_name has a different vocabulary from --teacher_name: teacher and student must share a tokenizer")
+
+
+def model_identity(model) -> str:
+    """`config <sha>, weights <sha>`: tells two models apart by their config and by up to 4,096
+    evenly spaced values of every tensor (fine-tuning moves every weight), without hashing
+    gigabytes. The same for a model wherever its folder lies."""
+    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        weights.update(f"{name}{tuple(tensor.shape)}".encode())
+        weights.update(flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu().numpy().tobytes())
+    config_sha = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return f"config {config_sha[:16]}, weights {weights.hexdigest()[:16]}"
 
 
 def final_outputs(model, inputs: dict, with_hidden: bool = False, logits: bool = True):

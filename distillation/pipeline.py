@@ -11,13 +11,16 @@ import shutil
 from transformers import set_seed
 
 from distillation import checkpoint as ckpt
+from distillation.data.identity import example_digests
 from distillation.data.subset import split_off
 from distillation.distiller import Distiller
 from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
-from distillation.models import check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit
+from distillation.models import (
+    check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, model_identity, sequence_limit,
+)
 from distillation.objectives import OBJECTIVES, build_objective
-from distillation.offline_logits import OfflineTeacher, check_identity, read_manifest, run_identity
+from distillation.offline_logits import OfflineTeacher, check_examples, check_identity, read_manifest, run_identity
 from distillation.parallel import build_strategy
 from distillation.teacher import Teacher
 
@@ -68,23 +71,23 @@ def build(cfg, env):
             objective.check_models(teacher, student, data)
     strategy = build_strategy(cfg, env)
     if cfg.teacher_logits:
-        source = offline_teacher(cfg, objective, tokenizer, train_dataset, student, env)
+        source = offline_teacher(cfg, objective, tokenizer, train_dataset, env)
     else:  # a sharded teacher runs on every rank together: no rank may skip it on a cache hit
+        identity = model_identity(teacher) if teacher is not None else None
         placed = strategy.teacher(teacher) if teacher is not None else None
         source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
-                         may_cache=not strategy.shards_teacher)
+                         may_cache=not strategy.shards_teacher, identity=identity)
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
 
 
-def offline_teacher(cfg, objective, tokenizer, train_dataset, student, env) -> OfflineTeacher:
+def offline_teacher(cfg, objective, tokenizer, train_dataset, env) -> OfflineTeacher:
     """The --teacher_logits cache, once it is known to be of this run's data, tokenizer and settings."""
     manifest = read_manifest(cfg.teacher_logits)
     if not os.path.isfile(cfg.data_file):
         raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
     check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
-    if manifest["vocab_size"] != student.config.vocab_size:
-        raise InputError(f"--teacher_logits: the cached teacher has vocab_size={manifest['vocab_size']}, the student "
-                         f"{student.config.vocab_size}: teacher and student must share a vocabulary")
+    check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
+                   "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
     if manifest["method"] != "full" and cfg.alpha_mse:
         raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")
     if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":

@@ -130,8 +130,10 @@ def run_header(d, fresh_weights) -> list:
         f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
         f"accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
-        f"clip {cfg.max_grad_norm:g}; {cfg.precision}" + ("; teacher logits cached after the first epoch" if getattr(d.teacher, "caches", {}).get("train") else ""),
+        f"clip {cfg.max_grad_norm:g}; {cfg.precision}",
     ]
+    if d.teacher.description:
+        lines.append(f"teacher logits: {d.teacher.description}")
     if d.env.is_distributed:
         lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes ({d.strategy.holds})")
     if cfg.precision == "bf16" and not fast_bf16(d.device):
@@ -170,6 +172,10 @@ def run_summary(d, summary) -> list:
     if d.last_eval:
         lines.append(f"last eval (step {d.last_eval_step}): " + _numbers({k[5:]: v for k, v in d.last_eval.items()
                                                                           if not k.startswith("eval_teacher_")}))
+    if summary.get("teacher_cache"):
+        cache = summary["teacher_cache"]
+        lines.append(f"teacher cache: {cache['served_from_cache']:,} of {cache['training_examples']:,} training examples served "
+                     f"from memory ({100 * (cache['hit_rate'] or 0):.1f}%)")
     if summary["best"]:
         best = summary["best"]
         lines.append(f"best {best['metric']} {best['value']:.4g} at step {best['step']}: {best['folder']}")

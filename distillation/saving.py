@@ -45,11 +45,13 @@ class ModelFolders:
 
     # --- epoch-N/ and step-N/ ------------------------------------------------------------------
     def periodic(self, model, metrics: dict, step: int, epoch: float, epoch_end: bool) -> None:
-        """Save epoch-N/ at an epoch end or step-N/ every --save_steps, as --save_strategy says."""
+        """Save epoch-N/ at an epoch end or step-N/ every --save_steps, as --save_strategy says. The
+        Distiller calls this after every step and again at each epoch end: a step folder is due
+        only in the first call (an epoch ending on a --save_steps multiple saves it once)."""
         strategy = self.cfg.save_strategy
         if strategy == "epoch" and epoch_end:
             name = f"epoch-{round(epoch)}"
-        elif strategy == "steps" and step % self.cfg.save_steps == 0:
+        elif strategy == "steps" and not epoch_end and step % self.cfg.save_steps == 0:
             name = f"step-{step}"
         else:
             return

@@ -68,13 +68,13 @@ class ChunkedTokenLosses(DenseTokenLosses):
         return dict(zip(wanted, sums))
 
     def _chunk(self, wanted, h_s, h_t, targets):
-        s_logits = self.student_head(h_s)  # [rows, V]
+        s_logits = self.student_head(h_s)[:, : self.objective.columns]  # [rows, V]
         terms = {}
         if "task" in wanted:
             terms["task"] = cross_entropy_sum(s_logits, targets)
         if h_t is not None:
             with torch.no_grad():
-                t_logits = self.teacher_head(h_t)
+                t_logits = self.teacher_head(h_t)[:, : self.objective.columns]
             terms.update(self._soft_terms(wanted, s_logits, t_logits))
         return tuple(terms[t] for t in wanted)
 
@@ -88,7 +88,7 @@ class SparseTokenLosses(DenseTokenLosses):
             terms["task"] = self.objective.task_loss(student_logits, batch)
         if "ce" in wanted:
             positions, _ = self.objective.token_rows(batch)
-            s_rows, T = gather_rows(student_logits, positions), self.cfg.temperature
+            s_rows, T = gather_rows(student_logits, positions, self.objective.columns), self.cfg.temperature
             if targets.method == "sampled":
                 terms["ce"] = sampled_kl(s_rows, targets.ids, targets.values, targets.entropy, T)
             else:  # k + 1 buckets, already log-probabilities at T: the divergence at T = 1, then the T² factor

@@ -50,11 +50,12 @@ def test_teacher_and_student_num_labels_disagree(assets, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_vocabulary_mismatch(assets, tmp_path, capsys):
-    from conftest import make_tokenizer
+def test_a_student_smaller_than_the_tokenizer_is_refused(assets, tmp_path, capsys):
+    from conftest import VOCAB, make_tokenizer
 
-    other = save_model(BertForSequenceClassification(tiny_bert_config(vocab_size=99)), make_tokenizer(str(tmp_path / "t")), str(tmp_path / "s"))
-    _fails(_replace(train_args(assets, tmp_path / "run"), "--student_name", other), capsys, "vocab")
+    other = save_model(BertForSequenceClassification(tiny_bert_config(vocab_size=10)), make_tokenizer(str(tmp_path / "t")), str(tmp_path / "s"))
+    _fails(_replace(train_args(assets, tmp_path / "run"), "--student_name", other), capsys,
+           f"the teacher has vocab_size={len(VOCAB)}, the student has vocab_size=10, the tokenizer {len(VOCAB)} tokens")
     assert not (tmp_path / "run").exists()
 
 

@@ -51,3 +51,20 @@ def test_loss_benchmark_reports_dense_and_chunked(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark_losses.py"), "--chunk_rows", "0"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --chunk_rows must be >= 1 (got 0)"
+
+
+def test_offline_benchmark_reports_online_and_cached_runs_and_keeps_them(tmp_path):
+    """Structure only (the quality claim is measured on SmolLM2: README, "The teacher's logits,
+    offline"): one seed of KD alone, both runs, and a second invocation reuses results.json."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "benchmark_offline.py"), "--quick", "--out", str(tmp_path), "--seeds", "3",
+           "--alpha_task", "0", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"online-task0-seed3", "cache-task0-seed3"} and all(v > 1 for v in results.values())
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| KD only"))
+    assert f"{results['online-task0-seed3']:.1f}" in row and f"{results['cache-task0-seed3']:.1f}" in row
+    assert json.loads((tmp_path / "teacher-cache-seed3" / "manifest.json").read_text())["seed"] == 3
+    os.remove(tmp_path / "online-task0-seed3" / "summary.json")  # finished runs are not run again
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert again.returncode == 0 and row in again.stdout

@@ -118,8 +118,8 @@ def test_cache_teacher_logits_is_refused(lm, tmp_path):
         run(cfg)
 
 
-def _llama(hidden, layers, **kw):
-    return LlamaConfig(vocab_size=len(CAUSAL_VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+def _llama(hidden, layers, vocab_size=len(CAUSAL_VOCAB), **kw):
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
                        eos_token_id=2, pad_token_id=3, **kw)
 
@@ -236,3 +236,38 @@ def test_chunked_losses_refuse_a_head_that_changes_logits_after_the_matmul(lm, t
     with pytest.raises(InputError, match=r"--loss_chunk_rows: the student's logits are not its output embeddings.*--loss_chunk_rows 0"):
         build(cfg, DistEnv())
     assert not (tmp_path / "run").exists()
+
+
+def test_padded_vocabularies_of_other_sizes_distil_over_the_tokenizers_ids(lm, tmp_path):
+    """Qwen2.5-7B pads to 152,064 rows and Qwen2.5-1.5B to 151,936 over one 151,665-token tokenizer.
+    Here: a teacher of 160 rows and a student of 144 over a 140-token tokenizer train, and their
+    first step (loss terms and gradients) is that of the same models cut to 140 rows."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = CAUSAL_VOCAB + [f"w{i}" for i in range(140 - len(CAUSAL_VOCAB))]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    assert len(tok) == 140
+    torch.manual_seed(0)
+    folders = {}
+    for role, rows, hidden, layers in (("teacher", 160, 48, 2), ("student", 144, 32, 1)):
+        padded = LlamaForCausalLM(_llama(hidden, layers, vocab_size=rows))
+        cut = LlamaForCausalLM(_llama(hidden, layers, vocab_size=140))
+        cut.load_state_dict({k: v[:140] if k in ("model.embed_tokens.weight", "lm_head.weight") else v
+                             for k, v in padded.state_dict().items()})
+        folders[role] = save_model(padded, tok, str(tmp_path / f"{role}-padded"))
+        folders[f"{role}-cut"] = save_model(cut, tok, str(tmp_path / f"{role}-cut"))
+    common = dict(objective="clm", data_file=lm["train"], alpha_ce=1.0, alpha_task=0.5, batch_size=4, max_seq_length=32,
+                  group_by_size=False)
+    padded_values, padded_grads = first_step(config(**common, teacher_name=folders["teacher"], student_name=folders["student"],
+                                                    dump_path=str(tmp_path / "padded")))
+    cut_values, cut_grads = first_step(config(**common, teacher_name=folders["teacher-cut"], student_name=folders["student-cut"],
+                                              dump_path=str(tmp_path / "cut")))
+    for term in ("task", "ce"):
+        assert padded_values[term] == pytest.approx(cut_values[term], rel=1e-6), term
+    assert padded_grads.keys() == cut_grads.keys()
+    for name, grad in cut_grads.items():
+        assert torch.allclose(padded_grads[name][: len(grad)], grad, rtol=1e-5, atol=1e-7), name
+        assert not padded_grads[name][len(grad):].any(), name  # the pad rows learn nothing

@@ -104,3 +104,22 @@ def test_freeze_flags_keep_those_embeddings_and_train_the_rest(assets, tmp_path)
     frozen = [k for k in before if "position_embeddings" in k or "token_type_embeddings" in k]
     assert len(frozen) == 2 and all(torch.equal(before[k], after[k]) for k in frozen)
     assert not torch.equal(before["bert.embeddings.word_embeddings.weight"], after["bert.embeddings.word_embeddings.weight"])
+
+
+def test_the_teacher_cache_serves_every_rank_from_the_second_epoch(assets, tmp_path):
+    """Batches are dealt to ranks anew every epoch, so each rank's own cache would miss most of
+    its next epoch; pooled at each epoch end, 2 processes hit as often as 1: every example of
+    epochs 2 and 3 comes from memory (96 examples, 3 epochs: 192 of 288)."""
+    import json
+
+    from conftest import TORCHRUN, run_train
+
+    counts = {}
+    for processes, batch in ((1, 16), (2, 8)):
+        dump = tmp_path / f"{processes}"
+        proc = run_train(train_args(assets, dump, "--n_epoch", 3, "--batch_size", batch, "--eval_file", assets["test"]),
+                         launcher=TORCHRUN if processes == 2 else None)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts[processes] = json.load(open(dump / "summary.json"))["teacher_cache"]
+        assert "teacher cache: 192 of 288 training examples served from memory (66.7%)" in proc.stdout, proc.stdout[-2000:]
+    assert counts[1] == counts[2] == {"training_examples": 288, "served_from_cache": 192, "hit_rate": 192 / 288}

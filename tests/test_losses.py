@@ -127,3 +127,48 @@ def test_jsd_and_skew_kl_reduce_to_forward_and_reverse_kl_at_their_limits():
     assert math.isclose(skew_kl(s, t, 2.0, 0.0).item(), fwd, rel_tol=1e-6)
     assert math.isclose(skew_kl(s, t, 2.0, eps).item(), fwd, rel_tol=2e-3)
     assert jsd(s, t, 2.0, 0.5).item() <= math.log(2) * 4 * len(s)  # the symmetric JSD is at most ln 2 a row (T² = 4)
+
+
+# --- masked (-inf) logits ------------------------------------------------------------------------
+@pytest.mark.parametrize("name,beta", CASES)
+def test_columns_both_models_mask_add_nothing_to_any_divergence_or_its_gradient(name, beta):
+    """-inf in the same columns of both: the value and the gradient are those of the rows without
+    those columns (0·log 0 = 0), not NaN."""
+    torch.manual_seed(2)
+    s, t = torch.randn(5, 9) * 2, torch.randn(5, 9) * 3
+    masked = torch.tensor([1, 4, 8])
+    kept = torch.tensor([i for i in range(9) if i not in masked.tolist()])
+    s_inf, t_inf = s.clone(), t.clone()
+    s_inf[:, masked], t_inf[:, masked] = float("-inf"), float("-inf")
+    s_inf.requires_grad_(True)
+    s_kept = s[:, kept].clone().requires_grad_(True)
+    fn = DIVERGENCES[name][0]
+    with_inf, without = fn(s_inf, t_inf, 2.0, beta), fn(s_kept, t[:, kept], 2.0, beta)
+    with_inf.backward()
+    without.backward()
+    assert torch.isfinite(with_inf) and math.isclose(with_inf.item(), without.item(), rel_tol=1e-5, abs_tol=1e-6)
+    assert torch.all(torch.isfinite(s_inf.grad)) and torch.all(s_inf.grad[:, masked] == 0)
+    assert torch.allclose(s_inf.grad[:, kept], s_kept.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_forward_kl_is_finite_where_only_the_teacher_masks_and_reverse_kl_floors_log_zero():
+    """Only the teacher masks column 2: forward KL takes p_t = 0 there (0·log 0 = 0): the value of
+    the hand formula over the other columns with the student's full distribution. Reverse KL onto
+    that column is truly infinite; it is p_s·(log p_s - LOG_ZERO): finite, pushing the mass off."""
+    from distillation.losses import LOG_ZERO
+
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 6), torch.randn(4, 6) * 2
+    t[:, 2] = float("-inf")
+    s.requires_grad_(True)
+    fwd = forward_kl(s, t, 1.0)
+    fwd.backward()
+    ps, pt = torch.softmax(s.detach().double(), -1), torch.softmax(t.double(), -1)
+    keep = [0, 1, 3, 4, 5]
+    by_hand = (pt[:, keep] * (pt[:, keep].log() - ps[:, keep].log())).sum()
+    assert torch.isfinite(fwd) and math.isclose(fwd.item(), by_hand.item(), rel_tol=1e-5)
+    assert torch.all(torch.isfinite(s.grad)) and torch.all(s.grad[:, 2] > 0)  # the student's mass there is pushed off
+    rev = reverse_kl(s, t, 1.0)
+    floor = (ps[:, keep] * (ps[:, keep].log() - pt[:, keep].log())).sum() + (ps[:, 2] * (ps[:, 2].log() - LOG_ZERO)).sum()
+    assert torch.isfinite(rev) and math.isclose(rev.item(), floor.item(), rel_tol=1e-5)
+    assert LOG_ZERO == pytest.approx(-87.34, abs=0.01)

@@ -207,6 +207,8 @@ def test_bad_input_is_one_line_and_exit_2(lm, tmp_path, capsys):
     student, wide = tmp_path / "student.json", tmp_path / "wide.json"
     student.write_text(json.dumps({"model_type": "bert", **tiny_bert_config().to_diff_dict()}))
     wide.write_text(json.dumps({"model_type": "bert", **tiny_bert_config(vocab_size=40).to_diff_dict()}))
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps({"model_type": "bert", **tiny_bert_config(vocab_size=20).to_diff_dict()}))
     short = tmp_path / "counts.pickle"
     short.write_bytes(pickle.dumps([1] * 10))
     teacher = save_model(BertForMaskedLM(tiny_bert_config()), lm["tokenizer"], str(tmp_path / "teacher"))
@@ -214,7 +216,7 @@ def test_bad_input_is_one_line_and_exit_2(lm, tmp_path, capsys):
     cases = {
         "--token_counts: holds 10 counts but the model's vocab_size is 25": _args(lm, student, dump, **{"--token_counts": str(short)}),
         "--token_counts is required": _args(lm, wide, dump, **{"--objective": None, "--mlm": True, "--token_counts": None}),
-        "must share a vocabulary": _args(lm, wide, dump, **{"--teacher_name": teacher, "--alpha_ce": "1"}),
+        "the student has vocab_size=20, the tokenizer 25 tokens": _args(lm, narrow, dump, **{"--teacher_name": teacher, "--alpha_ce": "1"}),
     }
     for expected, args in cases.items():
         code, err = call_script(capsys, "train.py", *args)
@@ -226,3 +228,52 @@ def test_bad_input_is_one_line_and_exit_2(lm, tmp_path, capsys):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--data_file" in proc.stderr and "not a binarized dataset" in proc.stderr
     assert not os.path.exists(dump)
+
+
+EVALUATE_ONLY = """
+import json, sys
+sys.path.insert(0, {root!r})
+from distillation.config import DistillConfig
+from distillation.distributed import init_distributed, shutdown
+from distillation.evaluation import evaluate
+from distillation.pipeline import build
+
+cfg = DistillConfig.from_cli(sys.argv[1:])
+env = init_distributed()
+d, _ = build(cfg, env)
+first = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, cfg.eval_batch_size, env, d.autocast, cfg.seed)
+again = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, cfg.eval_batch_size, env, d.autocast, cfg.seed)
+if env.is_main:
+    print(json.dumps([first, again]))
+shutdown(env)
+"""
+
+
+def test_mlm_evaluation_scores_the_same_masks_at_one_and_two_processes(lm, tmp_path):
+    """The masks of an evaluation batch come from its place in the global batch order, not from
+    its place in one rank's share: 1 and 2 processes report the same eval_* (7 batches of 6: the
+    second rank runs a padding batch too), and successive evaluations agree."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SUBPROCESS_ENV
+
+    torch.manual_seed(0)
+    teacher = save_model(BertForMaskedLM(tiny_bert_config(layers=2)), lm["tokenizer"], str(tmp_path / "teacher"))
+    student = save_model(BertForMaskedLM(tiny_bert_config(layers=1)), lm["tokenizer"], str(tmp_path / "student"))
+    script = tmp_path / "evaluate_only.py"
+    script.write_text(EVALUATE_ONLY.format(root=ROOT))
+    args = ["--objective", "mlm", "--teacher_name", teacher, "--student_name", student, "--data_file", lm["train"],
+            "--eval_file", lm["eval"], "--token_counts", lm["counts"], "--dump_path", tmp_path / "unused", "--alpha_ce", 1,
+            "--eval_batch_size", 6, "--gradient_accumulation_steps", 1]
+    runs = {}
+    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
+        proc = subprocess.run(launcher + [str(script)] + list(map(str, args)), capture_output=True, text=True, timeout=240,
+                              env=SUBPROCESS_ENV, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, two = runs[1][0], runs[2][0]
+    assert one.keys() == two.keys() and {"eval_loss", "eval_masked_accuracy", "eval_teacher_loss"} <= one.keys()
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-6), key
+    assert runs[1][1] == one and runs[2][1] == two

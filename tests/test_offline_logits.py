@@ -2,6 +2,7 @@
 training without the teacher; against the teacher run on each example alone and online KD."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -191,7 +192,10 @@ def test_an_interrupted_cache_pass_resumes_and_a_truncated_shard_is_refused(lm, 
     before = {name: np.load(dump / name) for name in sorted(os.listdir(dump)) if name.endswith(".npy")}
     for name in ("shard-00001.rows.npy", "shard-00001.ids.npy", "shard-00002.rows.npy"):
         os.remove(dump / name)
+    written = (dump / "manifest.json").stat().st_mtime_ns
     _cache(capsys, lm, dump, "--method", "sampled", "--k", 5)
+    # the header is written once: a resumed pass (under torchrun, ranks read it meanwhile) leaves it be
+    assert (dump / "manifest.json").stat().st_mtime_ns == written and not list(dump.glob("*.tmp"))
     for name, array in before.items():
         assert np.array_equal(np.load(dump / name), array), name  # the same draws: seeded per shard
     code, err = call_script(capsys, "cache_teacher", "--teacher_name", lm["teacher"], "--data_file", lm["train"],
@@ -272,3 +276,87 @@ def test_a_classification_cache_of_another_text_column_is_refused(assets, tmp_pa
     assert code == 2 and err == ["error: --teacher_logits: the cache was made with another text_column ('text'; this run: "
                                  "'other'): remake it for this run, or change --text_column to the cache's"]
     assert not (tmp_path / "run").exists()
+
+
+CHAT_A = "{% for m in messages %}Q: {{ m['content'] }} A:{% endfor %}"
+CHAT_B = "{% for m in messages %}say {{ m['content'] }} A:{% endfor %}"
+
+
+@pytest.mark.parametrize("difference", ["chat_template", "bos"])
+def test_a_cache_of_other_token_ids_for_the_same_records_is_refused(lm, tmp_path, capsys, difference):
+    """The same vocabulary (tokenizer_sha256 equal) and the same file, but the student's tokenizer
+    renders the prompt with another chat template, or adds a BOS token: the cache's rows would
+    pair the teacher's targets with other prompts. Refused before anything is written."""
+    from tokenizers.processors import TemplateProcessing
+
+    from conftest import write_jsonl
+    from distillation.offline_logits import tokenizer_sha256
+
+    records = [{"instruction": "say why", "input": "the movie", "output": "it is good"},
+               {"instruction": "say", "input": "", "output": "the plot was dull the actor was bad"}] * 4
+    data = write_jsonl(str(tmp_path / "inst.jsonl"), records)
+    folders = {}
+    for role, chat, bos in (("teacher", CHAT_A, False), ("student", CHAT_B, False)) if difference == "chat_template" else \
+            (("teacher", None, False), ("student", None, True)):
+        tok = causal_tokenizer(str(tmp_path / f"{role}-tok"))
+        tok.chat_template = chat
+        if bos:
+            tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        folders[role] = save_model(LlamaForCausalLM(_llama(32, 1)), tok, str(tmp_path / role))
+    assert tokenizer_sha256(AutoTokenizer.from_pretrained(folders["teacher"])) == \
+        tokenizer_sha256(AutoTokenizer.from_pretrained(folders["student"]))
+    template = [] if difference == "chat_template" else ["--prompt_template", "Q: {instruction} {input} A:"]
+    code, err = call_script(capsys, "cache_teacher", "--teacher_name", folders["teacher"], "--data_file", data, "--max_seq_length",
+                            24, "--dump_path", tmp_path / "cache", "--temperature", T, *template)
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", tmp_path / "cache", "--student_name",
+                            folders["student"], "--data_file", data, "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
+                            *template)
+    prompt = "6 tokens here, 6 in the cache" if difference == "chat_template" else "7 tokens here, 6 in the cache"
+    assert code == 2 and err == [f"error: --teacher_logits: example 0 tokenises differently: its prompt differs ({prompt}: another chat "
+                                 "template, --prompt_template or BOS token?); 8 of 8 examples differ; remake the cache with this run's "
+                                 "tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)"], err
+    assert not run.exists()
+    # the cache's own tokenizer reads it
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", tmp_path / "cache", "--student_name",
+                            folders["teacher"], "--data_file", data, "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
+                            "--max_steps", 1, *template)
+    assert code == 0, err
+
+
+def test_systematic_draws_are_unbiased_and_give_each_large_token_its_share():
+    """Token x is drawn k·w_x times on average (as independent draws would), and a token over 1/k
+    of the mass floor(k·w) or ceil(k·w) times in every row: that is where the variance goes."""
+    from distillation.offline_logits import systematic_draws
+
+    w = torch.tensor([0.30, 0.05, 0.0, 0.22, 0.01, 0.02, 0.15, 0.0, 0.25])
+    k, rows = 7, 20000
+    draws = systematic_draws(w.repeat(rows, 1), k, torch.Generator().manual_seed(0), sorted_prefix=3)
+    counts = torch.nn.functional.one_hot(draws, len(w)).sum(1).float()  # [rows, V]
+    assert torch.allclose(counts.mean(0), k * w, atol=0.03)
+    assert not counts[:, [2, 7]].any()  # zero weight: never drawn
+    for x in (0, 3, 8):  # 2.1, 1.54 and 1.75 expected draws: never 0 and never more than ceil
+        assert counts[:, x].min() == math.floor(k * w[x]) and counts[:, x].max() == math.ceil(k * w[x]), x
+    # the cache's draws are these: after a head of 1, tail shares 0.5, 0.3, 0.2 and 7 draws
+    p = torch.tensor([0.4, 0.3, 0.18, 0.12]).repeat(50, 1)
+    tail = sparse_targets(p.log(), "sampled", 7, 1.0, torch.Generator().manual_seed(0), head=1).ids[:, 1:]
+    counts = torch.nn.functional.one_hot(tail, 4).sum(1)
+    assert ((counts[:, 1] == 3) | (counts[:, 1] == 4)).all() and ((counts[:, 2] == 2) | (counts[:, 2] == 3)).all()
+
+
+def test_masked_teacher_columns_are_never_cached_and_keep_the_sampled_loss_finite():
+    """-inf teacher logits (a padded or banned column): never drawn, a finite entropy, and with a
+    head that holds every unmasked token the sampled loss is the exact forward KL."""
+    torch.manual_seed(0)
+    t = torch.randn(6, 9) * 2
+    t[:, [0, 5]] = float("-inf")
+    s = torch.randn(6, 9)
+    targets = sparse_targets(t, "sampled", 5, T, torch.Generator().manual_seed(1), head=4)
+    assert torch.isfinite(targets.entropy).all() and torch.isfinite(targets.values).all()
+    assert not torch.isin(targets.ids, torch.tensor([0, 5])).any()
+    assert torch.isfinite(sampled_kl(s, targets.ids, targets.values, targets.entropy, T))
+    whole = sparse_targets(t, "sampled", 5, T, torch.Generator().manual_seed(1), head=7)  # the 7 unmasked tokens
+    assert sampled_kl(s, whole.ids, whole.values, whole.entropy, T).item() == pytest.approx(forward_kl(s, t, T).item(), rel=1e-5)
+    topk = sparse_targets(t, "topk", 8, T, None)
+    assert torch.isfinite(topk.values).all() and torch.isfinite(topk.tail).all()

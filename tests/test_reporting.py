@@ -108,3 +108,19 @@ def test_the_header_names_the_divergence(flags, expect):
     cfg = DistillConfig.from_dict({"objective": "mlm", "dump_path": "d", "data_file": "x", "student_name": "s", "teacher_name": "t",
                                    "token_counts": "c", **flags})
     assert loss_formula(cfg, OBJECTIVES["mlm"]).startswith(expect)
+
+
+def test_a_step_folder_due_at_an_epoch_end_is_saved_once(assets, tmp_path, monkeypatch):
+    """6 steps an epoch, --save_steps 3: step-6 falls on the epoch end and is written once (under
+    fsdp each save is a full gather of the student)."""
+    from conftest import build_distiller
+    from distillation.saving import ModelFolders
+
+    saved, save = [], ModelFolders.save
+    monkeypatch.setattr(ModelFolders, "save", lambda self, name, *a, **k: saved.append(name) or save(self, name, *a, **k))
+    dump = tmp_path / "run"
+    distiller, _, _ = build_distiller(assets, dump, batch_size=16, n_epoch=2, save_strategy="steps", save_steps=3)
+    os.makedirs(dump)
+    distiller.open_log()
+    distiller.train()
+    assert saved == ["step-3", "step-6", "step-9", "step-12", "final"]

@@ -182,6 +182,38 @@ def test_nan_on_one_rank_stops_both(assets, tmp_path):
     assert not (tmp_path / "run" / "final").exists()
 
 
+@pytest.mark.parametrize("poisoned_step,checkpoint_interval", [(3, 1), (1, 4000)])
+def test_an_inf_gradient_under_a_finite_loss_never_reaches_the_weights_or_a_checkpoint(assets, tmp_path, poisoned_step,
+                                                                                      checkpoint_interval):
+    """fp32: the loss is finite but one step's gradient is inf. The run stops before that step's
+    update, names it, and points at a checkpoint only where one exists; every weight in memory
+    and in the checkpoint is finite and is the weights of the step before."""
+    from distillation import checkpoint as ckpt
+    from distillation.errors import TrainingStopped
+
+    dump = tmp_path / "run"
+    distiller, _, _ = build_distiller(assets, dump, checkpoint_interval=checkpoint_interval, batch_size=16)
+    os.makedirs(dump)
+    distiller.open_log()
+    calls = []
+
+    def poison(grad):
+        calls.append(1)
+        return torch.full_like(grad, float("inf")) if len(calls) == poisoned_step else grad
+
+    distiller.model.student.classifier.weight.register_hook(poison)
+    where = "the last good checkpoint is .*checkpoint \(--resume" if poisoned_step > 1 else "no checkpoint was written yet"
+    with pytest.raises(TrainingStopped, match=f"non-finite gradient norm under a finite loss at step {poisoned_step} .*{where}"):
+        distiller.train()
+    assert all(torch.isfinite(p).all() for p in distiller.model.parameters())
+    if poisoned_step > 1:
+        assert torch.load(dump / "checkpoint" / "trainer.pt", weights_only=True)["progress"]["step"] == poisoned_step - 1
+        saved, _, _ = build_distiller(assets, dump, checkpoint_interval=checkpoint_interval, batch_size=16)
+        ckpt.load_checkpoint(str(dump), saved.model, saved.optimizer, saved.fingerprint())
+        for (name, a), b in zip(saved.model.named_parameters(), distiller.model.parameters()):
+            assert torch.equal(a, b), name
+
+
 def test_sigterm_saves_a_checkpoint_and_exits(assets, tmp_path):
     dump = tmp_path / "run"
     args = _resume_args(assets, dump, 100000)

@@ -109,6 +109,8 @@ class LmSeqsDataset(Dataset):
 
     `lengths` (a list) feeds the length-grouped sampler."""
 
+    ids_from_file = True  # the binarized file fixes every id (data/identity.py need not hash them)
+
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, max_len: int, start_id: int, end_id: int,
                  unk_id: Optional[int]):
         if max_len < 3:

@@ -36,6 +36,9 @@ class Objective(ABC):
     metrics: Dict[str, str] = {}
     # The transformers pipeline() task of the saved student (named in its model card).
     pipeline_task: Optional[str] = None
+    # Logit columns that are distilled and scored: language models use the first len(tokenizer)
+    # (a padded vocabulary's extra rows mean nothing); None: all (classification's labels).
+    columns: Optional[int] = None
 
     def __init__(self, cfg: DistillConfig, tokenizer, teacher_config=None):
         """`teacher_config`: the teacher's config (None without a teacher), for what it fixes (e.g. labels)."""

@@ -43,6 +43,10 @@ class CausalLM(Objective):
         "(tokens x vocab floats) are too large to cache"
     )
 
+    def __init__(self, cfg, tokenizer, teacher_config=None):
+        super().__init__(cfg, tokenizer, teacher_config)
+        self.columns = len(tokenizer)
+
     def load_dataset(self, path, flag):
         max_len = self.cfg.max_seq_length
         if is_binarized_path(path):
@@ -66,11 +70,11 @@ class CausalLM(Objective):
 
     def task_loss(self, student_logits, batch):
         positions, targets = self.token_rows(batch)
-        return cross_entropy_sum(gather_rows(student_logits, positions), targets)
+        return cross_entropy_sum(gather_rows(student_logits, positions, self.columns), targets)
 
     def distill_rows(self, student_logits, teacher_logits, batch):
         positions, _ = self.token_rows(batch)
-        return gather_rows(student_logits, positions), gather_rows(teacher_logits, positions)
+        return gather_rows(student_logits, positions, self.columns), gather_rows(teacher_logits, positions, self.columns)
 
     def eval_batch(self, student_logits, teacher_logits, batch):
         """Loss and perplexity over every target; accuracy over the targets that are not special
@@ -80,7 +84,7 @@ class CausalLM(Objective):
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=targets.device)
         rows = positions // batch["input_ids"].shape[1]
         responses = batch["prompt_len"][rows] > 0  # instruction data: score whole responses too
-        return eval_token_stats(student_logits, teacher_logits, positions, targets, ~torch.isin(targets, special),
+        return eval_token_stats(student_logits, teacher_logits, positions, targets, ~torch.isin(targets, special), self.columns,
                                 rows if bool(responses.any()) else None, batch["input_ids"].shape[0])
 
     def eval_metrics(self, stats):

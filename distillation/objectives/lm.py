@@ -21,9 +21,12 @@ def flat_positions(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
 
 
-def gather_rows(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[B, S, V] logits, [N] flat positions -> [N, V] rows (a copy of the N rows only)."""
-    return logits.reshape(-1, logits.shape[-1]).index_select(0, positions)
+def gather_rows(logits: torch.Tensor, positions: torch.Tensor, columns: Optional[int] = None) -> torch.Tensor:
+    """[B, S, V] logits, [N] flat positions -> [N, V] rows (a copy of the N rows only), or their
+    first `columns` columns [N, columns] (the tokenizer's tokens: rows of a padded vocabulary
+    past them carry no meaning, and teacher and student may pad to different sizes)."""
+    rows = logits.reshape(-1, logits.shape[-1]).index_select(0, positions)
+    return rows if columns is None else rows[:, :columns]
 
 
 def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: torch.Tensor, rows: Optional[torch.Tensor],
@@ -54,11 +57,12 @@ def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: t
     return {prefix + k: v.cpu() for k, v in stats.items()}
 
 
-def eval_token_stats(student_logits, teacher_logits, positions, targets, scored, rows=None, n_rows=0) -> Dict[str, torch.Tensor]:
-    """token_stats of the student (and of the teacher, prefixed `teacher_`) at `positions`."""
-    stats = token_stats(gather_rows(student_logits, positions), targets, scored, rows, n_rows)
+def eval_token_stats(student_logits, teacher_logits, positions, targets, scored, columns, rows=None, n_rows=0) -> Dict[str, torch.Tensor]:
+    """token_stats of the student (and of the teacher, prefixed `teacher_`) at `positions`, over
+    their first `columns` logits."""
+    stats = token_stats(gather_rows(student_logits, positions, columns), targets, scored, rows, n_rows)
     if teacher_logits is not None:
-        stats.update(token_stats(gather_rows(teacher_logits, positions), targets, scored, rows, n_rows, "teacher_"))
+        stats.update(token_stats(gather_rows(teacher_logits, positions, columns), targets, scored, rows, n_rows, "teacher_"))
     return stats
 
 

@@ -125,6 +125,7 @@ class MaskedLM(Objective):
         keep = torch.ones(len(tokenizer), dtype=torch.bool)
         keep[special] = False
         self.replacement_ids = keep.nonzero().squeeze(1)
+        self.columns = len(tokenizer)
         self._on_device = {}
 
     def load_dataset(self, path, flag):
@@ -166,18 +167,19 @@ class MaskedLM(Objective):
 
     def task_loss(self, student_logits, batch):
         positions = flat_positions(batch["labels"] != IGNORE)
-        return cross_entropy_sum(gather_rows(student_logits, positions), batch["labels"].reshape(-1)[positions])
+        return cross_entropy_sum(gather_rows(student_logits, positions, self.columns), batch["labels"].reshape(-1)[positions])
 
     def distill_rows(self, student_logits, teacher_logits, batch):
         rows = batch["labels"] != IGNORE if self.cfg.restrict_ce_to_mask else batch["attention_mask"].bool()
         positions = flat_positions(rows)
-        return gather_rows(student_logits, positions), gather_rows(teacher_logits, positions)
+        return gather_rows(student_logits, positions, self.columns), gather_rows(teacher_logits, positions, self.columns)
 
     def eval_batch(self, student_logits, teacher_logits, batch):
         positions = flat_positions(batch["labels"] != IGNORE)
         targets = batch["labels"].reshape(-1)[positions]
         # Masked positions are never special tokens: every target is scored.
-        return eval_token_stats(student_logits, teacher_logits, positions, targets, torch.ones_like(targets, dtype=torch.bool))
+        return eval_token_stats(student_logits, teacher_logits, positions, targets, torch.ones_like(targets, dtype=torch.bool),
+                                self.columns)
 
     def eval_metrics(self, stats):
         return token_metrics(stats, "masked_accuracy")

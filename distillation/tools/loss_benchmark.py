@@ -47,7 +47,7 @@ def measure(spec: dict) -> dict:
     cfg = DistillConfig.from_dict({"objective": "clm", "dump_path": "unused", "data_file": "unused", "student_name": "s",
                                    "teacher_name": "t", "max_seq_length": seq, "divergence": spec["divergence"],
                                    "loss_chunk_rows": spec["chunk_rows"], "alpha_ce": 1.0, "alpha_task": 1.0})
-    objective = CausalLM(cfg, tokenizer=None)
+    objective = CausalLM(cfg, tokenizer=range(vocab))  # the losses read only the tokenizer's size (Objective.columns)
     losses = ChunkedTokenLosses(cfg, objective, student, teacher) if spec["chunk_rows"] else DenseTokenLosses(cfg, objective)
     batch_data = {"labels": torch.randint(0, vocab, (batch, seq))}
     h_s = torch.randn(batch, seq, spec["student_hidden"], requires_grad=True)
