@@ -21,8 +21,9 @@ instruction data), a compact picture of the teacher's distribution at temperatur
   T = 1 on SmolLM2, README).
 
 Bytes per position: ids (uint16 up to a 65,536-token vocabulary, else int32) and fp16 values:
-topk with k = 12 is 12·(2+2) + 2 = 50 bytes, sampled with head 4 and k = 23 is 4·(2+2) + 23·2 + 2
-= 64 (dense fp16: 2·vocab).
+topk with k = 12 is 12·(2+2) + 2 = 50 bytes; sampled with head 4 and k = 23 (cache_teacher.py's
+default at T ≤ 1) is 4·(2+2) + 23·2 + 2 = 64, as is head 0 and k = 31 (its default above T = 1);
+dense fp16 is 2·vocab.
 
 Layout of DIR: `manifest.json` (what was cached and from what: objective, teacher,
 tokenizer and data file fingerprints, columns, template, max_seq_length, temperature, method, k,
@@ -193,9 +194,15 @@ class OfflineTeacher:
     [B, C] (classification). No model; nothing for evaluation (it reports the student only)."""
 
     model = None
+    warning = None  # for the run's header: where this kind of cache measured worse than online KD
 
     def __init__(self, folder: str, manifest: dict, objective, device):
-        self.description = f"read from the cache in {folder} (the teacher is not loaded; evaluation reports the student only)"
+        kept = {"full": "whole logits", "topk": f"top {manifest['k']} and the rest's mass",
+                "sampled": f"head {manifest['head']} + {manifest['k']} draws"}[manifest["method"]]
+        self.description = f"{kept} a position ({manifest['bytes_per_row']} bytes), from the cache; evaluation reports the student only"
+        if manifest["method"] == "topk":  # measured: README, "The teacher's logits, offline"
+            self.warning = ("a topk cache keeps nothing of the teacher's tail but its mass: it measured 15-36% worse held-out "
+                            "perplexity than online KD; --method sampled (cache_teacher.py's default) is unbiased")
         manifest_sha = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         self.identity = f"a cache of manifest sha256 {manifest_sha[:16]}"  # the resume fingerprint's
         self.objective, self.device, self.method = objective, device, manifest["method"]

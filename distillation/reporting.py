@@ -134,6 +134,8 @@ def run_header(d, fresh_weights) -> list:
     ]
     if d.teacher.description:
         lines.append(f"teacher logits: {d.teacher.description}")
+    if d.teacher.warning:
+        lines.append(f"warning: {d.teacher.warning}")
     if d.env.is_distributed:
         lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes ({d.strategy.holds})")
     if cfg.precision == "bf16" and not fast_bf16(d.device):

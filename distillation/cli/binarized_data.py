@@ -1,6 +1,6 @@
 """Tokenise a text file, one sequence per line, for mlm/clm training (the reference's script).
 
-    python scripts/binarized_data.py --file_path data/dump.txt --tokenizer_type bert \
+    python scripts/binarized_data.py --file_path data/dump.txt --tokenizer_type bert \\
         --tokenizer_name bert-base-uncased --dump_file binarized_data/dump
 
 Each non-empty line becomes [CLS] line [SEP] (or <s> line </s>, or bos line eos: the

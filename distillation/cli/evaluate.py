@@ -1,6 +1,6 @@
 """Teacher-vs-student report of saved classifiers, the same figures as scripts/demo.py's.
 
-    python scripts/evaluate.py --model runs/demo/distil/final --teacher runs/demo/teacher/final \
+    python scripts/evaluate.py --model runs/demo/distil/final --teacher runs/demo/teacher/final \\
         --eval_file runs/demo/data/test.jsonl
 
 Prints accuracy, macro-F1, layers, parameters and per-example CPU latency of --model (and of

@@ -1,7 +1,7 @@
 """Count every token id of a binarized dataset, for mlm's masking probabilities (the
 reference's script).
 
-    python scripts/token_counts.py --data_file binarized_data/dump.bert-base-uncased.pickle \
+    python scripts/token_counts.py --data_file binarized_data/dump.bert-base-uncased.pickle \\
         --token_counts_dump binarized_data/token_counts.bert-base-uncased.pickle --vocab_size 30522
 
 Reads the pickle or the `.tokens.npy` format of scripts/binarized_data.py and writes a

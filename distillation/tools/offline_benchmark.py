@@ -11,8 +11,9 @@ For every seed and every `--alpha_task` (alpha_ce = 1 - alpha_task: 0 is KD alon
 with the teacher in the loop, and one cache pass (scripts/cache_teacher.py, seeded with the
 run's seed) followed by a run from that cache. Both runs take the defaults of train.py and
 cache_teacher.py beyond the settings fixed here and `--extra`/`--cache_extra`; the held-out
-perplexity at the end is the result. Each run is a child process writing a folder under
---out; results.json there keeps every finished run, so a later invocation skips them.
+perplexity at the end is the result, with the wall time of each run and of the cache pass. Each
+run is a child process writing a folder under --out; results.json there keeps every finished run
+(perplexities, and seconds under "seconds"), so a later invocation skips them.
 """
 
 import glob
@@ -21,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 from distillation.errors import InputError
 
@@ -80,12 +82,15 @@ def _write(out: str, name: str, lines: list) -> str:
     return path
 
 
-def _script(name: str, *args, threads=None) -> None:
+def _script(name: str, *args, threads=None) -> float:
+    """Runs scripts/<name> in a child process; returns its wall time in seconds."""
+    start = time.perf_counter()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"scripts/{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
 
 
 def perplexity(dump: str) -> float:
@@ -94,9 +99,11 @@ def perplexity(dump: str) -> float:
 
 
 def benchmark(args, assets: dict) -> dict:
-    """Run what results.json under args.out lacks; returns it: {run name: held-out perplexity}."""
+    """Run what results.json under args.out lacks; returns it: {run name: held-out perplexity,
+    "seconds": {run name or cache-pass-seed<N>: wall time}}."""
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
+    seconds = results.setdefault("seconds", {})
     common = ["--objective", "clm", "--student_name", assets["student"], "--data_file", assets["train"], "--eval_file", assets["eval"],
               "--max_seq_length", args.max_seq_length, "--batch_size", args.batch_size, "--learning_rate", args.learning_rate,
               "--n_epoch", 1, *args.extra]
@@ -106,14 +113,17 @@ def benchmark(args, assets: dict) -> dict:
             losses = ["--alpha_ce", 1 - alpha_task, "--alpha_task", alpha_task, "--seed", seed]
             if f"online-{name}" not in results:
                 dump = os.path.join(args.out, f"online-{name}")
-                _script("train.py", *common, *losses, "--teacher_name", assets["teacher"], "--dump_path", dump, "--force",
-                        threads=args.threads)
+                seconds[f"online-{name}"] = _script("train.py", *common, *losses, "--teacher_name", assets["teacher"],
+                                                    "--dump_path", dump, "--force", threads=args.threads)
                 results[f"online-{name}"] = perplexity(dump)
             if f"cache-{name}" not in results:
                 cache, dump = os.path.join(args.out, f"teacher-cache-seed{seed}"), os.path.join(args.out, f"cache-{name}")
-                _script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"], "--max_seq_length",
-                        args.max_seq_length, "--seed", seed, "--dump_path", cache, *args.cache_extra, threads=args.threads)
-                _script("train.py", *common, *losses, "--teacher_logits", cache, "--dump_path", dump, "--force", threads=args.threads)
+                pass_seconds = _script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"],
+                                       "--max_seq_length", args.max_seq_length, "--seed", seed, "--dump_path", cache,
+                                       *args.cache_extra, threads=args.threads)
+                seconds.setdefault(f"cache-pass-seed{seed}", pass_seconds)  # a rerun over a finished cache only checks it
+                seconds[f"cache-{name}"] = _script("train.py", *common, *losses, "--teacher_logits", cache, "--dump_path", dump,
+                                                   "--force", threads=args.threads)
                 results[f"cache-{name}"] = perplexity(dump)
             with open(path, "w") as f:
                 json.dump(results, f, indent=2)
@@ -131,4 +141,10 @@ def format_table(args, results: dict) -> str:
                      f"{statistics.mean(cached):.1f} ({', '.join(f'{x:.1f}' for x in cached)}) | "
                      f"{100 * (statistics.mean(cached) / statistics.mean(online) - 1):+.1f}% "
                      f"({', '.join(f'{g:+.1f}%' for g in gaps)}) |")
+    seconds = results.get("seconds", {})
+    for seed in args.seeds:
+        runs = [f"{kind}-task{a:g}-seed{seed}" for a in args.alpha_task for kind in ("online", "cache")]
+        if f"cache-pass-seed{seed}" in seconds and all(run in seconds for run in runs):
+            lines.append(f"\nseed {seed}, wall time: cache pass {seconds[f'cache-pass-seed{seed}']:.0f} s; "
+                         + "; ".join(f"{run} {seconds[run]:.0f} s" for run in runs))
     return "\n".join(lines)
