@@ -13,7 +13,7 @@ from tqdm import tqdm
 from distillation.distributed import barrier
 from distillation.errors import InputError
 from distillation.data.identity import example_digests
-from distillation.models import check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
+from distillation.models import TORCH_DTYPES, check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import build_objective
 from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import (
@@ -39,7 +39,8 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
     manifest = {"format": FORMAT, **run_identity(cfg, tokenizer, len(dataset)), "teacher": cfg.teacher_name, "method": method,
                 "k": None if full else k, "head": head, "vocab_size": teacher_config.vocab_size, "arrays": arrays,
                 "dtypes": {n: np.dtype(dtypes[n]).name for n in arrays}, "shard_size": shard_size,
-                "shards": -(-len(dataset) // shard_size), "seed": cfg.seed}
+                "shards": -(-len(dataset) // shard_size), "seed": cfg.seed,
+                "precision": cfg.precision, "teacher_dtype": cfg.teacher_dtype}
     width = {"values": teacher_config.num_labels} if full else {"ids": k + (head or 0), "values": k if head is None else head}
     manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * width.get(n, 1) for n in arrays)
     digests = example_digests(dataset)
@@ -69,6 +70,7 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         _replace(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     barrier(env)
     mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
+    amp = TORCH_DTYPES[cfg.precision] if cfg.precision != "fp32" else None
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
                disable=not env.is_main)
     for shard in mine:
@@ -78,7 +80,8 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         for start in range(0, len(indices), batch_size):
             batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
             batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
-            logits, _ = teacher.outputs(batch)
+            with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
+                logits, _ = teacher.outputs(batch)
             entries, rows = batch_entries(objective, logits, batch, method, k, head, cfg.temperature, generator)
             for name, tensor in entries.items():
                 parts.setdefault(name, []).append(tensor)

@@ -41,7 +41,7 @@ SETTINGS = ("batch_size", "learning_rate", "warmup_prop", "weight_decay", "max_g
             "precision", "temperature", "divergence", "divergence_beta", "alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse",
             "alpha_cos", "layer_map", "max_seq_length", "prompt_template", "text_column", "text_pair_column", "label_column",
             "label_names", "validation_split", "restrict_ce_to_mask", "mlm_mask_prop", "word_mask", "word_keep", "word_rand",
-            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds")
+            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds", "teacher_dtype")
 # Fingerprint keys computed from the run -> the flags that set them (objective and shapes have their own lines).
 DERIVED = {"teacher": "--teacher_name/--teacher_logits", "data": "--data_file",
            "token_ids": "tokenizer (--tokenizer_name/--student_name and its chat template)", "eval_data": "--eval_file",
@@ -159,7 +159,8 @@ def check_fingerprint(found: Dict, expected: Dict, folder: str) -> None:
                          f"not '{expected['objective']}'")
     if found.get("shapes") != expected["shapes"]:
         raise InputError(f"--resume: checkpoint '{folder}' holds a model of other shapes than this run's student")
-    for key, flag in [*DERIVED.items(), *((k, f"--{k}") for k in SETTINGS)]:
+    # Flags first: a --teacher_dtype change is named as such, not as another teacher's weights.
+    for key, flag in [*((k, f"--{k}") for k in SETTINGS), *DERIVED.items()]:
         if key not in found:
             raise InputError(f"--resume: checkpoint '{folder}' was written by an older version that did not record its {key}, "
                              "so this run cannot be checked against it; start a new run")

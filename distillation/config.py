@@ -88,6 +88,9 @@ class DistillConfig:
     teacher_logits: Optional[str] = _opt(None, "clm or classification: train from a cache of the teacher's outputs made by "
                                          "scripts/cache_teacher.py (a folder), without loading the teacher.", "models",
                                          shown="none: the teacher runs in the loop")
+    teacher_dtype: Optional[str] = _opt(None, "The dtype the frozen teacher is loaded and held in (it has no optimizer: its "
+                                        "weights only ever meet autocast's compute).", "models", choices=("fp32", "bf16", "fp16"),
+                                        shown="--precision's: bf16 or fp16 under those, else fp32")
     student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).", "models",
                                        shown="none: give this or --student_config")
     student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
@@ -234,6 +237,8 @@ class DistillConfig:
             self.divergence_beta = DIVERGENCES[self.divergence][1]
         if self.eval_batch_size is None:
             self.eval_batch_size = 2 * self.batch_size
+        if self.teacher_dtype is None and self.teacher_name is not None:
+            self.teacher_dtype = self.precision
         if self.cache_teacher_logits is None:
             self.cache_teacher_logits = (
                 self.objective == "sequence_classification" and self.teacher_name is not None and not self.uses_hidden_states
@@ -315,6 +320,8 @@ class DistillConfig:
             used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
             need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
                            f"or drop {' '.join('--' + n for n in used)} to train on the labels only")
+        need(self.teacher_dtype is None or self.teacher_name is not None,
+             f"--teacher_dtype {self.teacher_dtype} needs --teacher_name (a --teacher_logits cache holds the values it was made with)")
         need((self.student_name is None) != (self.student_config is None), "give exactly one of --student_name and --student_config")
         need(self.student_pretrained_weights is None or self.student_config is not None,
              "--student_pretrained_weights loads into a --student_config student (with --student_name the weights are the folder's)")

@@ -18,10 +18,12 @@ from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
 from distillation.offline_logits import TEACHER_CONFIG
 
-# Weights load as fp32 whatever dtype a checkpoint was saved in: transformers 5 would otherwise
-# keep a bf16/fp16 checkpoint's dtype, and AdamW on half-precision weights loses small updates
-# (--fp16/--bf16 mixed precision comes from autocast, over fp32 master weights).
+# The student loads as fp32 whatever dtype a checkpoint was saved in: transformers 5 would
+# otherwise keep a bf16/fp16 checkpoint's dtype, and AdamW on half-precision weights loses small
+# updates (--precision bf16/fp16 mixed precision comes from autocast, over fp32 master weights).
+# The frozen teacher has no updates to lose: it loads in --teacher_dtype.
 WEIGHTS_DTYPE = torch.float32
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Position ids of these families start after the padding id: they read 2 fewer tokens than
 # max_position_embeddings says (RoBERTa's 514 positions take 512 tokens).
@@ -105,12 +107,13 @@ def load_tokenizer(cfg):
 
 
 def load_teacher(cfg, objective, config):
-    """The frozen teacher in eval mode, or None for plain training. A teacher must be complete:
-    a head initialised at random (e.g. a bare encoder loaded for classification) would teach noise."""
+    """The frozen teacher in eval mode and --teacher_dtype, or None for plain training. A teacher
+    must be complete: a head initialised at random (e.g. a bare encoder loaded for classification)
+    would teach noise."""
     if not cfg.teacher_name:
         return None
     teacher, info = objective.auto_model_class.from_pretrained(
-        cfg.teacher_name, config=config, dtype=WEIGHTS_DTYPE, output_loading_info=True)
+        cfg.teacher_name, config=config, dtype=TORCH_DTYPES[cfg.teacher_dtype], output_loading_info=True)
     missing = sorted(info["missing_keys"])
     if missing:
         raise InputError(

@@ -39,6 +39,7 @@ class Strategy:
     """ddp; also what one process does under either strategy."""
 
     name = "ddp"
+    sharded = False  # the student's parameters, gradients and AdamW state split over the processes
     shards_teacher = False
     holds = "each process holds the whole student and teacher"  # for the run's header
 

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distillation.distributed import fast_bf16
+from distillation.memory_plan import plan_of_run
 
 
 class RunLog:
@@ -119,7 +120,7 @@ def millions(n) -> str:
 def run_header(d, fresh_weights) -> list:
     """What the run is about to do (d: the Distiller), defaults that were not given included."""
     cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
-    teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters)" if cfg.teacher_name
+    teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
                else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
     student = f"student {cfg.student_name or cfg.student_config} ({millions(sum(p.numel() for p in d.model.student.parameters()))})"
     evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
@@ -138,6 +139,7 @@ def run_header(d, fresh_weights) -> list:
         lines.append(f"warning: {d.teacher.warning}")
     if d.env.is_distributed:
         lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes ({d.strategy.holds})")
+    lines.append(plan_of_run(d).line())
     if cfg.precision == "bf16" and not fast_bf16(d.device):
         lines.append("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --precision bf16 is emulated and much slower "
                      "than fp32 here")

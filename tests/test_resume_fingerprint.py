@@ -50,6 +50,7 @@ def test_resume_refuses_another_teacher_or_loss(assets, tmp_path, capsys):
                                 ("--alpha_ce", "0.9", "another alpha_ce (0.5; this run: 0.9); resume with the same --alpha_ce"),
                                 ("--alpha_task", "0.1", "another alpha_task (0.5; this run: 0.1)"),
                                 ("--precision", "bf16", "another precision ('fp32'; this run: 'bf16')"),
+                                ("--teacher_dtype", "bf16", "another teacher_dtype ('fp32'; this run: 'bf16')"),
                                 ("--max_seq_length", "32", "another max_seq_length (64; this run: 32)")):
         _refused(capsys, _with(resume, flag, value), expect, dump)
     # a checkpoint of an older version records none of this: it cannot be checked, so it is refused

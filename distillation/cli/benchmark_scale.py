@@ -2,6 +2,9 @@
 
     python scripts/benchmark_scale.py --out runs/scale           # BERT-base -> DistilBERT (MLM): ddp, fsdp x 1, 2 processes x seq 128, 512
     python scripts/benchmark_scale.py --out runs/scale --model llama-1b --seq 256 --tokens_per_step 256
+    python scripts/benchmark_scale.py --plan_only --teacher_config training_configs/models/llama-3.1-8b.json \
+        --student_config training_configs/models/llama-3.2-1b.json --processes 8 --seq 4096 --tokens_per_step 4096 \
+        --precision bf16 --columns 128256                # the memory plan only: nothing built but on the meta device
 
 Models are built from their configs (nothing downloaded); distillation/tools/scale_benchmark.py
 says what is measured and how. Writes results-MODEL.json and results-MODEL.md under --out (a later invocation with the same --out
@@ -14,12 +17,14 @@ import os
 import platform
 
 from distillation.cli import ArgumentParser, command, require_positive
-from distillation.tools.scale_benchmark import MODELS, format_table, prepare, run_config
+from distillation.errors import InputError
+from distillation.models import load_config
+from distillation.tools.scale_benchmark import MODELS, format_table, plan_table, prepare, run_config
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="Folder for the models, data, logs and results.")
+    p.add_argument("--out", help="Folder for the models, data, logs and results (required unless --plan_only).")
     p.add_argument("--model", default="bert-base", choices=tuple(MODELS), help="bert-base: 110M -> 66M, MLM; llama-1b: 1.1B -> "
                    "0.6B (half depth), clm.")
     p.add_argument("--strategies", nargs="+", default=["ddp", "fsdp"], choices=("ddp", "fsdp"))
@@ -28,13 +33,33 @@ def parse_args(argv=None):
     p.add_argument("--tokens_per_step", type=int, default=1024, help="Tokens per process per step: batch = this / seq.")
     p.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up.")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="Cores shared by the processes (threads = cores / processes).")
+    plan = p.add_argument_group("--plan_only: the memory plan of two configs, per process (distillation/memory_plan.py)")
+    plan.add_argument("--plan_only", action="store_true", help="Print the plan of --teacher_config -> --student_config; run nothing.")
+    plan.add_argument("--teacher_config", help="A config.json of the teacher (e.g. training_configs/models/llama-3.1-8b.json).")
+    plan.add_argument("--student_config", help="A config.json of the student.")
+    plan.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="The run's --precision.")
+    plan.add_argument("--teacher_dtype", choices=("fp32", "bf16", "fp16"), help="The run's --teacher_dtype (default: --precision's).")
+    plan.add_argument("--loss_chunk_rows", type=int, default=0, help="The run's --loss_chunk_rows.")
+    plan.add_argument("--replicate_teacher", action="store_true", help="fsdp: the teacher whole on each process.")
+    plan.add_argument("--columns", type=int, help="Logit columns distilled: len(tokenizer) (default: the smaller vocab_size).")
     args = p.parse_args(argv)
     require_positive(args, "tokens_per_step", "steps", "cores")
+    if args.plan_only:
+        if not (args.teacher_config and args.student_config):
+            raise InputError("--plan_only needs --teacher_config and --student_config (config.json files)")
+        for flag in ("teacher_config", "student_config"):
+            load_config(getattr(args, flag), f"--{flag}")  # exit 2 naming the flag on a bad file
+        args.columns = args.columns or min(load_config(getattr(args, f), "").vocab_size for f in ("teacher_config", "student_config"))
+    elif not args.out:
+        raise InputError("--out is required (or --plan_only)")
     return args
 
 
 def _main(argv=None):
     args = parse_args(argv)
+    if args.plan_only:
+        print(plan_table(args))
+        return
     os.makedirs(args.out, exist_ok=True)
     results = []
     for seq in args.seq:

@@ -41,6 +41,8 @@ def parse_args(argv=None):
                    "--temperature 1 or below, where they hold half the mass, else 0; README says why).")
     p.add_argument("--k", type=int, help="Draws (sampled; default: what fills 64 bytes a position with the head, 31 - 2 x head, at "
                    "a vocabulary up to 65,536) or ids kept (topk; default 12) per position.")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Autocast of the teacher's forward pass.")
+    p.add_argument("--teacher_dtype", choices=("fp32", "bf16", "fp16"), help="The dtype the teacher is loaded in (default: --precision's).")
     p.add_argument("--batch_size", type=int, default=8, help="Examples per teacher forward pass.")
     p.add_argument("--shard_size", type=int, default=1000, help="Examples per shard (the unit of resume and of rank split).")
     p.add_argument("--seed", type=int, default=56, help="Seed of the draws (sampled).")
@@ -66,7 +68,8 @@ def _main(argv=None):
     values = {"objective": args.objective, "teacher_name": args.teacher_name, "student_name": args.teacher_name,
               "data_file": args.data_file, "dump_path": args.dump_path, "temperature": args.temperature, "seed": args.seed,
               "max_seq_length": args.max_seq_length, "prompt_template": args.prompt_template, "text_column": args.text_column,
-              "text_pair_column": args.text_pair_column, "label_column": args.label_column}
+              "text_pair_column": args.text_pair_column, "label_column": args.label_column,
+              "precision": args.precision, "teacher_dtype": args.teacher_dtype}
     cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None})
     env = init_distributed(cfg.ddp_timeout_minutes)
     manifest = cache_pass(cfg, env, args.method, args.k, args.head, args.shard_size, args.batch_size, args.force)

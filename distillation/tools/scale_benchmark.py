@@ -214,3 +214,45 @@ def format_table(results: list, meta: dict) -> str:
 
 if __name__ == "__main__":
     rank_main(sys.argv[1])
+
+
+def count_parameters(config_path: str) -> int:
+    """Parameters of the model a config file describes, built on the meta device (no memory, no
+    download): the class its `architectures` names, tied weights counted once."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(config_path)
+    model_class = getattr(transformers, (config.architectures or ["AutoModel"])[0])
+    with torch.device("meta"):
+        model = model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def plan_table(args) -> str:
+    """--plan_only: the memory plan (distillation/memory_plan.py) of each strategy, process count
+    and sequence length, in GiB per process, for the two configs; nothing is run."""
+    from transformers import AutoConfig
+
+    from distillation.memory_plan import GIB, memory_plan
+
+    teacher, student = count_parameters(args.teacher_config), count_parameters(args.student_config)
+    hidden = tuple(AutoConfig.from_pretrained(path).hidden_size for path in (args.student_config, args.teacher_config))
+    teacher_dtype = args.teacher_dtype or args.precision
+    lines = [f"teacher {args.teacher_config}: {teacher:,} parameters ({teacher_dtype}); student {args.student_config}: "
+             f"{student:,} parameters (fp32 master weights, all trained); {args.precision} autocast; {args.columns:,} logit columns"
+             + (f"; --loss_chunk_rows {args.loss_chunk_rows}" if args.loss_chunk_rows else ""),
+             "", "| strategy | processes | seq | batch | teacher | student | gradients | AdamW | logits | total (GiB per process) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for seq in args.seq:
+        batch = max(1, args.tokens_per_step // seq)
+        for processes in args.processes:
+            for strategy in args.strategies:
+                fsdp = strategy == "fsdp" and processes > 1
+                if fsdp and args.loss_chunk_rows:  # train.py refuses it: no plan for a run that cannot start
+                    lines.append(f"| fsdp | {processes} | {seq} | {batch} | not with --loss_chunk_rows yet |||||")
+                    continue
+                plan = memory_plan(teacher, teacher_dtype, student, student, processes, fsdp, fsdp and not args.replicate_teacher,
+                                   args.precision, batch * seq, args.columns, args.loss_chunk_rows, hidden)
+                values = [plan.teacher, plan.student, plan.gradients, plan.adamw, plan.logits, plan.total]
+                lines.append(f"| {strategy} | {processes} | {seq} | {batch} | " + " | ".join(f"{v / GIB:.2f}" for v in values) + " |")
+    return "\n".join(lines)
