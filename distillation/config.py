@@ -299,8 +299,6 @@ class DistillConfig:
              f"--loss_chunk_rows {self.loss_chunk_rows}: chunked losses are implemented for clm only (mlm distils other rows than "
              f"it labels; classification logits are small); use --loss_chunk_rows 0")
         if self.strategy == "fsdp":
-            need(not self.loss_chunk_rows, f"--loss_chunk_rows {self.loss_chunk_rows}: not with --strategy fsdp (the LM head runs "
-                 "outside the model's forward, where FSDP has not gathered its weights); use --loss_chunk_rows 0 or --strategy ddp")
             need(self.precision != "fp16", "--precision fp16: not with --strategy fsdp (its loss scaling would have to agree on "
                  "overflow across the shards); use --precision bf16")
         else:

@@ -61,11 +61,11 @@ class Distiller:
             teacher_config = teacher.model.config
             self.layer_pairs = parse_layer_map(cfg.layer_map, student.config.num_hidden_layers, teacher_config.num_hidden_layers)
             projection = build_projection(student.config, teacher_config, cfg.hidden_projection)
-        self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs]).to(self.device)
+        self.token_losses = token_losses_for(cfg, objective, student, self.teacher)  # dense, chunked or sparse
+        self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs], self.token_losses).to(self.device)
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.token_losses = token_losses_for(cfg, objective, student, self.teacher)  # dense, chunked or sparse
         self.train_model = strategy.wrap(self.model)  # DDP, or self.model sharded in place (fsdp)
         self.forward_model = torch.compile(self.train_model) if cfg.compile else self.train_model
 
@@ -243,11 +243,10 @@ class Distiller:
         """Loss sums of one micro-batch (not yet normalised)."""
         with_hidden, logits = bool(self.layer_pairs), self.token_losses.wants_logits
         with self.autocast():
-            s_out, s_hidden = self.forward_model(self.objective.model_inputs(batch), with_hidden, logits)
             # A teacher given for comparison only (no loss needs it) is never run in training.
             needs_teacher = with_hidden or "ce" in self.terms or "mse" in self.terms
             t_out, t_hidden = self.teacher.outputs(batch, with_hidden, logits=logits) if needs_teacher else (None, None)
-            terms = self.token_losses(self.terms, s_out, t_out, batch)
+            terms, s_hidden = self.forward_model(self.objective.model_inputs(batch), with_hidden, logits, self.terms, t_out, batch)
         if with_hidden:
             mask = self.objective.hidden_mask(batch)
             pairs = [(s_hidden[i], t_hidden[t]) for i, (_, t) in enumerate(self.layer_pairs)]

@@ -58,20 +58,26 @@ def build_projection(student_config, teacher_config, enabled: bool) -> Optional[
 
 
 class StudentWithProjection(nn.Module):
-    """What the optimizer trains and DDP wraps. forward -> (logits, [hidden states of the mapped
-    student layers, projected], or None when hidden states are not asked for)."""
+    """What the optimizer trains and DDP, FSDP and --compile wrap: the student, the projection and
+    the token losses (token_losses.py), so that one forward holds every use of the student's
+    weights, its LM head applied chunk by chunk included (FSDP has them gathered there)."""
 
-    def __init__(self, student: nn.Module, projection: Optional[nn.Linear], student_layers: List[int]):
+    def __init__(self, student: nn.Module, projection: Optional[nn.Linear], student_layers: List[int], token_losses=None):
         super().__init__()
         self.student = student
         self.projection = projection
         self.student_layers = student_layers
+        self.token_losses = token_losses  # not a module: the heads it holds are the models' own
         self.accepted = forward_inputs(student)  # the inputs its forward takes (DistilBERT: no token_type_ids)
 
-    def forward(self, inputs: dict, with_hidden: bool = False, logits: bool = True):
-        """`logits=False`: the base model's final hidden states [B, S, H] in place of the logits
-        (--loss_chunk_rows applies the LM head chunk by chunk)."""
+    def forward(self, inputs: dict, with_hidden: bool = False, logits: bool = True, wanted=None, teacher_out=None, batch=None):
+        """(logits, or with `wanted` the token loss terms {term: fp32 sum} against `teacher_out`;
+        [hidden states of the mapped student layers, projected] or None). `logits=False`: the
+        base model's final hidden states [B, S, H] in place of the logits (--loss_chunk_rows
+        applies the LM head chunk by chunk)."""
         first, out = final_outputs(self.student, {k: v for k, v in inputs.items() if k in self.accepted}, with_hidden, logits)
+        if wanted is not None:
+            first = self.token_losses(wanted, first, teacher_out, batch)
         if not with_hidden:
             return first, None
         hidden = [out.hidden_states[i + 1] for i in self.student_layers]

@@ -14,9 +14,11 @@ per-parameter shards of either at any world size.
   sharded the same way (no gradients, no optimizer) unless --replicate_teacher. bf16 runs
   blocks in bf16 (MixedPrecisionPolicy) and reduces gradients in fp32. On one process
   there is nothing to shard: fsdp trains the plain module, as ddp does.
-  Limits: no fp16 (GradScaler's overflow check is per shard), no --loss_chunk_rows (the LM
-  head runs outside the forward); a sharded teacher runs on every micro-batch of every rank
-  together, so its logits are not cached.
+  The student's losses are computed inside its forward (hidden.StudentWithProjection), so the
+  LM head applied chunk by chunk (--loss_chunk_rows) uses the root's gathered weights; FSDP2
+  keeps a root's parameters gathered after its forward (the teacher's too).
+  Limits: no fp16 (GradScaler's overflow check is per shard); a sharded teacher runs on every
+  micro-batch of every rank together, so its logits are not cached.
 """
 
 import contextlib
