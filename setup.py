@@ -17,8 +17,9 @@ setup(
         ]
     },
     extras_require={
-        # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs
-        "dev": ["pytest", "datasets", "accelerate"],
+        # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs; peft: LoRA's tests
+        "dev": ["pytest", "datasets", "accelerate", "peft"],
+        "peft": ["peft"],  # --lora_r
         "datasets": ["datasets"],
         "gguf": ["gguf", "accelerate"],
     },

@@ -91,6 +91,12 @@ class DistillConfig:
     teacher_dtype: Optional[str] = _opt(None, "The dtype the frozen teacher is loaded and held in (it has no optimizer: its "
                                         "weights only ever meet autocast's compute).", "models", choices=("fp32", "bf16", "fp16"),
                                         shown="--precision's: bf16 or fp16 under those, else fp32")
+    lora_r: int = _opt(0, "Train LoRA adapters of this rank in the student (the peft extra) instead of all its weights; final/ "
+                       "merges them, adapter/ beside it keeps them.", "models", shown="0: every weight trains")
+    lora_alpha: Optional[float] = _opt(None, "LoRA's alpha: the adapters' update is scaled by alpha / r.", "models", shown="2 x --lora_r")
+    lora_dropout: float = _opt(0.0, "Dropout on the adapters' input.", "models")
+    lora_target_modules: Optional[str] = _opt(None, "Comma-separated names (or name endings) of the layers to adapt.", "models",
+                                              shown="every nn.Linear in the student's blocks: attention and MLP projections")
     student_name: Optional[str] = _opt(None, "Pretrained student: hub name or folder (e.g. from scripts/extract.py).", "models",
                                        shown="none: give this or --student_config")
     student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
@@ -239,6 +245,8 @@ class DistillConfig:
             self.eval_batch_size = 2 * self.batch_size
         if self.teacher_dtype is None and self.teacher_name is not None:
             self.teacher_dtype = self.precision
+        if self.lora_alpha is None and self.lora_r:
+            self.lora_alpha = 2.0 * self.lora_r
         if self.cache_teacher_logits is None:
             self.cache_teacher_logits = (
                 self.objective == "sequence_classification" and self.teacher_name is not None and not self.uses_hidden_states
@@ -320,6 +328,14 @@ class DistillConfig:
                            f"or drop {' '.join('--' + n for n in used)} to train on the labels only")
         need(self.teacher_dtype is None or self.teacher_name is not None,
              f"--teacher_dtype {self.teacher_dtype} needs --teacher_name (a --teacher_logits cache holds the values it was made with)")
+        need(self.lora_r >= 0, f"--lora_r must be >= 0 (got {self.lora_r})")
+        if self.lora_r:
+            need(self.student_name is not None, "--lora_r adapts a pretrained student: give --student_name (not --student_config)")
+            need(self.lora_alpha > 0 and 0 <= self.lora_dropout < 1,
+                 f"--lora_alpha must be > 0 and --lora_dropout in [0, 1) (got {self.lora_alpha}, {self.lora_dropout})")
+        else:
+            given = [f for f in ("lora_alpha", "lora_target_modules") if getattr(self, f) is not None] + (["lora_dropout"] if self.lora_dropout else [])
+            need(not given, f"--{given[0] if given else ''} needs --lora_r > 0")
         need((self.student_name is None) != (self.student_config is None), "give exactly one of --student_name and --student_config")
         need(self.student_pretrained_weights is None or self.student_config is not None,
              "--student_pretrained_weights loads into a --student_config student (with --student_name the weights are the folder's)")

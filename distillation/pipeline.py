@@ -16,6 +16,7 @@ from distillation.data.subset import split_off
 from distillation.distiller import Distiller
 from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
+from distillation.lora import add_lora
 from distillation.models import (
     check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, model_identity, sequence_limit,
 )
@@ -65,6 +66,8 @@ def build(cfg, env):
     check_tokenizers(cfg, tokenizer)
     teacher = load_teacher(cfg, objective, teacher_config)
     student, fresh = load_student(cfg, objective, train_dataset, student_config)
+    if cfg.lora_r:
+        add_lora(student, cfg, objective.lora_trains_head)
     check_pair(teacher, student, tokenizer)
     for data in (train_dataset, eval_dataset):
         if data is not None:

@@ -123,6 +123,9 @@ def run_header(d, fresh_weights) -> list:
     teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
                else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
     student = f"student {cfg.student_name or cfg.student_config} ({millions(sum(p.numel() for p in d.model.student.parameters()))})"
+    if cfg.lora_r:
+        trained = sum(p.numel() for p in d.model.student.parameters() if p.requires_grad)
+        student += f", LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g}: {millions(trained)} parameters trained"
     evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size
     lines = [

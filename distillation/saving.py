@@ -14,6 +14,7 @@ import sys
 
 from safetensors.torch import save_file
 
+from distillation.lora import merged_state, save_adapter
 from distillation.reporting import loss_formula, millions
 
 
@@ -73,7 +74,12 @@ class ModelFolders:
             return folder
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.student.save_pretrained(tmp, state_dict=_part(state, "student."))
+        student = _part(state, "student.")
+        lora = getattr(model.student, "peft_config", {}).get("default")  # --lora_r: save the merged model, the adapters beside
+        if lora is not None:
+            student, adapter = merged_state(student, lora)
+            save_adapter(tmp, lora, adapter)
+        model.student.save_pretrained(tmp, state_dict=student)
         self.tokenizer.save_pretrained(tmp)
         if model.projection is not None:
             projection = {k: v.detach().cpu().contiguous() for k, v in _part(state, "projection.").items()}

@@ -137,3 +137,24 @@ def first_step(cfg):
 
     torch.manual_seed(0)
     return _first_step(build(cfg, DistEnv())[0])
+
+
+def llama_pair(root, n_train: int, student_layers: int, vocab_padding: int = 0) -> dict:
+    """A 2-layer Llama teacher (untied head) and a narrower student with a tied head, over the
+    causal tokenizer, both vocabularies `vocab_padding` rows past it, saved under `root` with
+    `n_train` training and 20 held-out sentences: {"train", "eval", "teacher", "student"}."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from conftest import save_model
+
+    tok = causal_tokenizer(str(root / "tok"))
+    (root / "train.txt").write_text("\n".join(sentences(n_train, seed=1)) + "\n")
+    (root / "eval.txt").write_text("\n".join(sentences(20, seed=2)) + "\n")
+    torch.manual_seed(0)
+    paths = {"train": str(root / "train.txt"), "eval": str(root / "eval.txt")}
+    for role, hidden, layers, tied in (("teacher", 48, 2, False), ("student", 32, student_layers, True)):
+        cfg = LlamaConfig(vocab_size=len(CAUSAL_VOCAB) + vocab_padding, hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                          bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=tied)
+        paths[role] = save_model(LlamaForCausalLM(cfg), tok, str(root / role))
+    return paths

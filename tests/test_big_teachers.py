@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig
 
-from conftest import ROOT, save_model
-from lm_helpers import CAUSAL_VOCAB, call_script, causal_tokenizer, config, first_step, sentences, single_thread  # noqa: F401 - a fixture
+from conftest import ROOT
+from lm_helpers import call_script, config, first_step, llama_pair, single_thread  # noqa: F401 - a fixture
 from distillation.distributed import DistEnv
 from distillation.memory_plan import GIB, memory_plan, plan_of_run
 from distillation.pipeline import build
@@ -22,17 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("big")
-    tok = causal_tokenizer(str(root / "tok"))
-    (root / "train.txt").write_text("\n".join(sentences(60, seed=1)) + "\n")
-    torch.manual_seed(0)
-    models = {}
-    for role, hidden, layers, tied in (("teacher", 48, 2, False), ("student", 32, 1, True)):
-        cfg = LlamaConfig(vocab_size=len(CAUSAL_VOCAB) + 5, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
-                          pad_token_id=3, tie_word_embeddings=tied)
-        models[role] = save_model(LlamaForCausalLM(cfg), tok, str(root / role))
-    return {"train": str(root / "train.txt"), **models}
+    return llama_pair(tmp_path_factory.mktemp("big"), n_train=60, student_layers=1, vocab_padding=5)
 
 
 def _cfg(pair, dump, **values):

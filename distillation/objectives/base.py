@@ -39,6 +39,9 @@ class Objective(ABC):
     # Logit columns that are distilled and scored: language models use the first len(tokenizer)
     # (a padded vocabulary's extra rows mean nothing); None: all (classification's labels).
     columns: Optional[int] = None
+    # --lora_r: whether the task head (the parameters outside the base model) trains beside the
+    # adapters: a classifier's is small and task-specific; an LM head is the vocabulary, frozen.
+    lora_trains_head: bool = False
 
     def __init__(self, cfg: DistillConfig, tokenizer, teacher_config=None):
         """`teacher_config`: the teacher's config (None without a teacher), for what it fixes (e.g. labels)."""

@@ -28,6 +28,7 @@ class SequenceClassification(Objective):
     deterministic_inputs = True
     metrics = {"loss": "min", "accuracy": "max", "macro_f1": "max"}
     pipeline_task = "text-classification"
+    lora_trains_head = True
 
     def __init__(self, cfg, tokenizer, teacher_config=None):
         super().__init__(cfg, tokenizer, teacher_config)
