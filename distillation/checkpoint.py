@@ -158,14 +158,15 @@ def check_fingerprint(found: Dict, expected: Dict, folder: str) -> None:
     if found.get("objective") != expected["objective"]:
         raise InputError(f"--resume: checkpoint '{folder}' was written for objective '{found.get('objective')}', "
                          f"not '{expected['objective']}'")
-    if found.get("shapes") != expected["shapes"]:
-        raise InputError(f"--resume: checkpoint '{folder}' holds a model of other shapes than this run's student")
-    # Flags first: a --teacher_dtype change is named as such, not as another teacher's weights.
-    for key, flag in [*((k, f"--{k}") for k in SETTINGS), *DERIVED.items()]:
+    # Flags first: a --teacher_dtype or --lora_r change is named as such, not as another
+    # teacher's weights or the student's shapes.
+    for key, flag in [*((k, f"--{k}") for k in SETTINGS), ("shapes", None), *DERIVED.items()]:
         if key not in found:
             raise InputError(f"--resume: checkpoint '{folder}' was written by an older version that did not record its {key}, "
                              "so this run cannot be checked against it; start a new run")
         if found[key] != expected[key]:
+            if flag is None:
+                raise InputError(f"--resume: checkpoint '{folder}' holds a model of other shapes than this run's student")
             raise InputError(f"--resume: the checkpoint was written with another {key} ({found[key]!r}; this run: "
                              f"{expected[key]!r}); resume with the same {flag}")
 

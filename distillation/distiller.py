@@ -35,6 +35,7 @@ from distillation.distributed import all_gather_objects, all_reduce_sum
 from distillation.errors import InputError, TrainingStopped
 from distillation.evaluation import evaluate
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
+from distillation.lora import student_parameters
 from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import freeze_embeddings
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
@@ -335,7 +336,7 @@ class Distiller:
             "wall_time_s": time.time() - start, "skipped_steps": self.skipped_steps,
             "examples_per_s": examples / seconds if seconds else None,
             "tokens_per_s": tokens / seconds if seconds else None,
-            "student_parameters": sum(p.numel() for p in self.model.student.parameters()),
+            "student_parameters": student_parameters(self.model.student),
             "teacher_parameters": self.teacher.parameters(),
             "final": None if interrupted else os.path.join(self.cfg.dump_path, "final"),
             "best": None if best["step"] is None else {"metric": self.cfg.save_best_metric, **best,

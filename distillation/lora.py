@@ -45,6 +45,11 @@ def default_targets(student: nn.Module) -> List[str]:
     return names
 
 
+def student_parameters(student: nn.Module) -> int:
+    """The student's own parameters, its LoRA adapters left out: what the merged folder holds."""
+    return sum(p.numel() for name, p in student.named_parameters() if ".lora_" not in name)
+
+
 def add_lora(student: nn.Module, cfg, train_head: bool):
     """Inject LoRA into `student` in place and freeze all else (but the task head when
     `train_head`: the parameters outside the base model). Returns peft's LoraConfig."""
@@ -53,8 +58,10 @@ def add_lora(student: nn.Module, cfg, train_head: bool):
     config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets)
     try:
         peft.inject_adapter_in_model(config, student, adapter_name=_NAME)
-    except ValueError as err:  # no module matched --lora_target_modules
-        raise InputError(f"--lora_target_modules: {str(err).splitlines()[0]}") from None
+    except ValueError:  # no module matched --lora_target_modules
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in student.named_modules() if isinstance(m, nn.Linear)})
+        raise InputError(f"--lora_target_modules {cfg.lora_target_modules}: no layer of the student has such a name; its "
+                         f"nn.Linear layers are named {', '.join(linear)}") from None
     base = student.base_model_prefix
     for name, p in student.named_parameters():
         p.requires_grad_(".lora_" in name or (train_head and not name.startswith(base + ".")))
@@ -82,8 +89,10 @@ def merged_state(state: dict, config) -> tuple:
     return merged, adapter
 
 
-def save_adapter(folder: str, config, adapter: dict) -> None:
-    """adapter/ in peft's format (adapter_config.json, adapter_model.safetensors)."""
+def save_adapter(folder: str, config, adapter: dict, base_model: str) -> None:
+    """adapter/ in peft's format (adapter_config.json, adapter_model.safetensors), naming the
+    student it adapts (`base_model`: --student_name)."""
     path = os.path.join(folder, ADAPTER_FOLDER)
+    config.base_model_name_or_path = base_model
     config.save_pretrained(path)
     save_file({k: v.to(torch.float32) for k, v in adapter.items()}, os.path.join(path, "adapter_model.safetensors"))

@@ -232,8 +232,10 @@ class OfflineTeacher:
             shard, i = divmod(index, self.shard_size)
             start, end = self.rows[shard][i], self.rows[shard][i + 1]
             for name, array in self.arrays[shard].items():
-                parts.setdefault(name, []).append(torch.from_numpy(np.array(array[start:end])))  # a copy: memmaps are read-only
-        cat = {n: torch.cat(p).to(self.device) for n, p in parts.items()}
+                parts.setdefault(name, []).append(array[start:end])
+        # numpy's concatenate copies (memmaps are read-only) and, unlike torch.cat, is outside
+        # autocast: CPU bf16 autocast refuses to concatenate the cache's fp16 values.
+        cat = {n: torch.from_numpy(np.concatenate(p)).to(self.device) for n, p in parts.items()}
         expected = len(self.objective.token_rows(batch)[0]) if self.sparse else len(batch["index"])
         if len(cat["values"]) != expected:
             raise InputError(f"--teacher_logits: the cache holds {len(cat['values'])} rows for this batch, the data gives "

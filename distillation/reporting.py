@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distillation.distributed import fast_bf16
+from distillation.lora import student_parameters
 from distillation.memory_plan import plan_of_run
 
 
@@ -122,7 +123,7 @@ def run_header(d, fresh_weights) -> list:
     cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
     teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
                else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
-    student = f"student {cfg.student_name or cfg.student_config} ({millions(sum(p.numel() for p in d.model.student.parameters()))})"
+    student = f"student {cfg.student_name or cfg.student_config} ({millions(student_parameters(d.model.student))})"
     if cfg.lora_r:
         trained = sum(p.numel() for p in d.model.student.parameters() if p.requires_grad)
         student += f", LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g}: {millions(trained)} parameters trained"

@@ -14,7 +14,7 @@ import sys
 
 from safetensors.torch import save_file
 
-from distillation.lora import merged_state, save_adapter
+from distillation.lora import ADAPTER_FOLDER, merged_state, save_adapter, student_parameters
 from distillation.reporting import loss_formula, millions
 
 
@@ -78,7 +78,7 @@ class ModelFolders:
         lora = getattr(model.student, "peft_config", {}).get("default")  # --lora_r: save the merged model, the adapters beside
         if lora is not None:
             student, adapter = merged_state(student, lora)
-            save_adapter(tmp, lora, adapter)
+            save_adapter(tmp, lora, adapter, self.cfg.student_name)
         model.student.save_pretrained(tmp, state_dict=student)
         self.tokenizer.save_pretrained(tmp)
         if model.projection is not None:
@@ -92,7 +92,7 @@ class ModelFolders:
 
     def model_card(self, name, model, metrics, step, epoch, why) -> str:
         cfg = self.cfg
-        n_student = sum(p.numel() for p in model.student.parameters())
+        n_student = student_parameters(model.student)
         evaluation = cfg.eval_file or (f"{cfg.validation_split:g} of --data_file held out" if cfg.validation_split else None)
         lines = [
             "---", "library_name: transformers", "tags: [distillation]", "---", "",
@@ -105,10 +105,14 @@ class ModelFolders:
             f"{model.student.config.num_hidden_layers} layers",
             f"- data: {cfg.data_file}; evaluation: {evaluation or 'none'}",
             f"- loss: {loss_formula(cfg, self.objective)}",
-            f"- optimisation: {cfg.n_epoch} epochs{f' (at most {cfg.max_steps} steps)' if cfg.max_steps else ''}, batch "
+            f"- optimisation: {f'{cfg.max_steps} steps' if cfg.max_steps else f'{cfg.n_epoch} epochs'}, batch "
             f"{cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation per process, AdamW lr {cfg.learning_rate:g}, "
             f"warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, clip {cfg.max_grad_norm:g}, {cfg.precision}",
         ]
+        if cfg.lora_r:
+            lines.append(f"- LoRA (r {cfg.lora_r}, alpha {cfg.lora_alpha:g}, dropout {cfg.lora_dropout:g}): this folder holds the merged "
+                         f"weights; `{ADAPTER_FOLDER}/` the adapters alone (peft's `PeftModel.from_pretrained(<{cfg.student_name}>, "
+                         f"\"{ADAPTER_FOLDER}\")`)")
         if metrics:
             lines += ["", "## Evaluation at this step", "", "| metric | value |", "|---|---:|"]
             lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]

@@ -94,6 +94,11 @@ def test_plan_only_of_the_8b_pairs_reads_the_real_configs(tmp_path):
     teacher_gib = 8_030_261_248 * 2 / 8 / GIB
     assert fsdp.split("|")[5].strip() == f"{teacher_gib:.2f}"
     assert AutoConfig.from_pretrained(f"{ROOT}/training_configs/models/qwen2.5-7b.json").vocab_size == 152064
+    for change, expect in ((["--teacher_config", "nope.json"], "error: --teacher_config: no such file 'nope.json'"),
+                           (["--columns", "200000"], "error: --columns 200000: must be between 1 and the smaller vocab_size (128256)"),
+                           (["--processes", "0"], "error: --processes must be >= 1 (got 0)")):
+        bad = subprocess.run(cmd + change, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert bad.returncode == 2 and bad.stderr.strip() == expect, bad.stderr
 
 
 def test_the_cache_pass_runs_the_teacher_in_its_dtype_under_autocast(pair, tmp_path, capsys):

@@ -65,6 +65,8 @@ def test_only_the_adapters_train_and_final_is_the_merged_model(pair, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(dump / "final")
     with torch.no_grad():
         assert torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-5)
+    assert json.loads((dump / "final" / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == pair["student"]
+    assert json.loads((dump / "summary.json").read_text())["student_parameters"] == sum(v.numel() for v in initial.values())
     generate = pipeline("text-generation", model=str(dump / "final"))
     assert generate("the movie", max_new_tokens=3, do_sample=False)[0]["generated_text"].startswith("the movie")
 
@@ -81,7 +83,7 @@ def test_kill_and_resume_reproduce_the_adapters(pair, tmp_path):
     b = load_file(broken / "final" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     proc = run_train(_args(pair, broken, *common, "--resume", "--lora_r", 8))
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and "another lora_r (4; this run: 8); resume with the same --lora_r" in proc.stderr
 
 
 def test_lora_under_ddp_and_fsdp_on_two_processes_agree(pair, tmp_path):
@@ -99,7 +101,8 @@ def test_lora_under_ddp_and_fsdp_on_two_processes_agree(pair, tmp_path):
 
 @pytest.mark.parametrize("extra, expect", [
     (["--lora_r", "0", "--lora_alpha", "8"], "--lora_alpha needs --lora_r > 0"),
-    (["--lora_target_modules", "nothing_here"], "--lora_target_modules: "),
+    (["--lora_target_modules", "nothing_here"], "--lora_target_modules nothing_here: no layer of the student has such a name; its "
+                                                "nn.Linear layers are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
     (["--lora_dropout", "1.5"], "--lora_dropout in [0, 1)"),
 ])
 def test_bad_lora_options_exit_2_naming_the_flag(pair, tmp_path, capsys, extra, expect):

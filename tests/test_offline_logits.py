@@ -154,6 +154,10 @@ def test_a_sampled_cache_trains_and_its_loss_falls(lm, tmp_path, capsys):
     losses = [r["loss_ce"] for r in map(json.loads, open(run / "metrics.jsonl")) if "loss_ce" in r]
     assert len(losses) >= 5 and np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
     code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
+                            "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", tmp_path / "bf16",
+                            "--precision", "bf16", "--max_steps", 2)  # the cache's fp16 arrays are read outside autocast
+    assert code == 0, err
+    code, err = call_script(capsys, "train", "--objective", "clm", "--teacher_logits", dump, "--student_name", lm["student"],
                             "--data_file", lm["train"], "--max_seq_length", 24, "--temperature", T, "--dump_path", tmp_path / "jsd",
                             "--divergence", "jsd")
     assert code == 2 and err == ["error: --divergence jsd: a sampled cache estimates forward KL only (drop --divergence, or "

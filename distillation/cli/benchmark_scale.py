@@ -34,7 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up.")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="Cores shared by the processes (threads = cores / processes).")
     plan = p.add_argument_group("--plan_only: the memory plan of two configs, per process (distillation/memory_plan.py)")
-    plan.add_argument("--plan_only", action="store_true", help="Print the plan of --teacher_config -> --student_config; run nothing.")
+    plan.add_argument("--plan_only", action="store_true", help="Print the plan of --teacher_config -> --student_config for each of "
+                      "--strategies, --processes and --seq (batch = --tokens_per_step / seq); run nothing (--out, --model, "
+                      "--steps and --cores unused).")
     plan.add_argument("--teacher_config", help="A config.json of the teacher (e.g. training_configs/models/llama-3.1-8b.json).")
     plan.add_argument("--student_config", help="A config.json of the student.")
     plan.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="The run's --precision.")
@@ -44,12 +46,24 @@ def parse_args(argv=None):
     plan.add_argument("--columns", type=int, help="Logit columns distilled: len(tokenizer) (default: the smaller vocab_size).")
     args = p.parse_args(argv)
     require_positive(args, "tokens_per_step", "steps", "cores")
+    for flag in ("processes", "seq"):
+        if min(getattr(args, flag)) < 1:
+            raise InputError(f"--{flag} must be >= 1 (got {min(getattr(args, flag))})")
     if args.plan_only:
         if not (args.teacher_config and args.student_config):
             raise InputError("--plan_only needs --teacher_config and --student_config (config.json files)")
+        vocab = []
         for flag in ("teacher_config", "student_config"):
-            load_config(getattr(args, flag), f"--{flag}")  # exit 2 naming the flag on a bad file
-        args.columns = args.columns or min(load_config(getattr(args, f), "").vocab_size for f in ("teacher_config", "student_config"))
+            if not os.path.isfile(getattr(args, flag)):
+                raise InputError(f"--{flag}: no such file '{getattr(args, flag)}'")
+            vocab.append(load_config(getattr(args, flag), f"--{flag}").vocab_size)  # exit 2 naming the flag on a bad file
+        args.columns = args.columns or min(vocab)
+        if not 1 <= args.columns <= min(vocab):
+            raise InputError(f"--columns {args.columns}: must be between 1 and the smaller vocab_size ({min(vocab)})")
+        if args.loss_chunk_rows < 0:
+            raise InputError(f"--loss_chunk_rows must be >= 0 (got {args.loss_chunk_rows})")
+        if args.precision == "fp16" and "fsdp" in args.strategies:
+            raise InputError("--precision fp16: not with --strategies fsdp (train.py refuses it: use bf16)")
     elif not args.out:
         raise InputError("--out is required (or --plan_only)")
     return args

@@ -78,7 +78,8 @@ def _main(argv=None):
         kept = f"{manifest['method']}{head} k={manifest['k']}, {manifest['bytes_per_row']} bytes a position" if manifest["k"] else \
             f"full logits, {manifest['bytes_per_row']} bytes an example"
         print(f"cache: {args.dump_path} ({manifest['n_examples']} examples, {kept}, T={manifest['temperature']:g}, "
-              f"max_seq_length {manifest['max_seq_length']})")
+              f"max_seq_length {manifest['max_seq_length']}; the teacher in {manifest['teacher_dtype']}, "
+              f"{'no autocast' if manifest['precision'] == 'fp32' else manifest['precision'] + ' autocast'})")
     shutdown(env)
 
 

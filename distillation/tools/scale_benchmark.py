@@ -239,7 +239,8 @@ def plan_table(args) -> str:
     hidden = tuple(AutoConfig.from_pretrained(path).hidden_size for path in (args.student_config, args.teacher_config))
     teacher_dtype = args.teacher_dtype or args.precision
     lines = [f"teacher {args.teacher_config}: {teacher:,} parameters ({teacher_dtype}); student {args.student_config}: "
-             f"{student:,} parameters (fp32 master weights, all trained); {args.precision} autocast; {args.columns:,} logit columns"
+             f"{student:,} parameters (fp32 master weights, all trained); "
+             f"{'no autocast' if args.precision == 'fp32' else args.precision + ' autocast'}; {args.columns:,} logit columns"
              + (f"; --loss_chunk_rows {args.loss_chunk_rows}" if args.loss_chunk_rows else ""),
              "", "| strategy | processes | seq | batch | teacher | student | gradients | AdamW | logits | total (GiB per process) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
