@@ -31,15 +31,21 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
     for i, batch in enumerate(loader):
         generator.manual_seed(seed * 1_000_003 + numbers[i])
         batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
+        logits = model.token_losses.wants_logits  # False (--loss_chunk_rows): final hidden states, scored chunk by chunk
         with autocast():
-            s_logits, _ = model(objective.model_inputs(batch))
-            t_logits, _ = teacher.outputs(batch, split="eval")
-        if i >= len(mine):
-            continue
-        for k, v in objective.eval_batch(s_logits.float(), None if t_logits is None else t_logits.float(), batch).items():
-            stats.setdefault(k, []).append(v)
+            s_out, _ = model(objective.model_inputs(batch), logits=logits)
+            t_out, _ = teacher.outputs(batch, split="eval", logits=logits)
+            if i < len(mine):  # under autocast: lm.HeadRows apply the LM heads in eval_batch
+                s_out, t_out = model.token_losses.eval_outputs(s_out, t_out)
+                for k, v in objective.eval_batch(_float(s_out), _float(t_out), batch).items():
+                    stats.setdefault(k, []).append(v)
     local = {k: torch.cat(v) for k, v in stats.items()}
     gathered = all_gather_objects(local, env)
     merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in set().union(*gathered)}
     model.train(was_training)
     return {f"eval_{k}": v for k, v in objective.eval_metrics(merged).items()}
+
+
+def _float(out):
+    """Logits in fp32 (HeadRows and None as they are)."""
+    return out.float() if isinstance(out, torch.Tensor) else out

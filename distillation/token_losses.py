@@ -6,7 +6,8 @@ takes the final hidden states [B, S, H] of both models and runs each LM head ove
 target rows at a time, under activation checkpointing: a chunk's logits are freed after its
 forward and recomputed in its backward, so the [tokens, vocab] logits never exist at once (at
 a 152k vocabulary, 8 x 1,024 tokens of fp32 logits are ~5 GB per model). The same sums, in the
-same fp32 maths; the price is one more LM-head matmul per chunk in backward.
+same fp32 maths; the price is one more LM-head matmul per chunk in backward. Evaluation takes the
+same path (`eval_outputs`): its statistics are computed a chunk of rows at a time.
 """
 
 import torch
@@ -15,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, topk_buckets
 from distillation.models import final_outputs
-from distillation.objectives.lm import gather_rows
+from distillation.objectives.lm import HeadRows, gather_rows
 
 
 class DenseTokenLosses:
@@ -34,6 +35,10 @@ class DenseTokenLosses:
             s_rows, t_rows = self.objective.distill_rows(student_logits, teacher_logits, batch)
             terms.update(self._soft_terms(wanted, s_rows, t_rows))
         return terms
+
+    def eval_outputs(self, student_out, teacher_out):
+        """What evaluation scores: the models' logits as they come."""
+        return student_out, teacher_out
 
     def _soft_terms(self, wanted, s_rows, t_rows) -> dict:
         terms = {}
@@ -66,6 +71,11 @@ class ChunkedTokenLosses(DenseTokenLosses):
                                use_reentrant=False)
             sums = [total + part for total, part in zip(sums, parts)]
         return dict(zip(wanted, sums))
+
+    def eval_outputs(self, student_hidden, teacher_hidden):
+        """Final hidden states as HeadRows: evaluation scores them chunk by chunk too."""
+        wrap = lambda hidden, head: None if hidden is None else HeadRows(hidden, head, self.rows)  # noqa: E731
+        return wrap(student_hidden, self.student_head), wrap(teacher_hidden, self.teacher_head)
 
     def _chunk(self, wanted, h_s, h_t, targets):
         s_logits = self.student_head(h_s)[:, : self.objective.columns]  # [rows, V]

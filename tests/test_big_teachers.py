@@ -137,3 +137,24 @@ def test_fsdp_with_chunked_losses_equals_fsdp_dense(pair, tmp_path):
     assert dense.keys() == chunked.keys()
     for key in dense:
         assert torch.allclose(dense[key], chunked[key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("eval_data", ["text", "instructions"])
+def test_chunked_evaluation_equals_dense_evaluation(pair, tmp_path, eval_data):
+    """--loss_chunk_rows 5 scores the held-out set chunk by chunk: every metric (loss, perplexity,
+    accuracy, exact match; student and teacher) equals the dense path's."""
+    from conftest import write_jsonl
+    from distillation.evaluation import evaluate
+
+    eval_file = pair["eval"] if eval_data == "text" else write_jsonl(str(tmp_path / "eval.jsonl"), [
+        {"instruction": "say why", "input": "the movie", "output": "it is good"},
+        {"instruction": "say", "input": "", "output": "the plot was dull the actor was bad"}])
+    metrics = {}
+    for name, chunk in (("dense", 0), ("chunked", 5)):
+        distiller, _ = build(_cfg(pair, tmp_path / name, eval_file=eval_file, loss_chunk_rows=chunk, prompt_template=None), DistEnv())
+        d = distiller
+        metrics[name] = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, 3, d.env, d.autocast, 0)
+    assert metrics["chunked"].keys() == metrics["dense"].keys()
+    assert ("eval_exact_match" in metrics["dense"]) == (eval_data == "instructions")
+    for key, value in metrics["dense"].items():
+        assert metrics["chunked"][key] == pytest.approx(value, rel=1e-5), key

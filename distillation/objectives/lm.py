@@ -29,12 +29,39 @@ def gather_rows(logits: torch.Tensor, positions: torch.Tensor, columns: Optional
     return rows if columns is None else rows[:, :columns]
 
 
-def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: torch.Tensor, rows: Optional[torch.Tensor],
-                n_rows: int, prefix: str = "") -> Dict[str, torch.Tensor]:
+class HeadRows:
+    """A model's final hidden states [B, S, H] and its LM head, standing for its [B, S, V] logits
+    in evaluation (--loss_chunk_rows): `chunks` applies the head to `rows` positions at a time,
+    so the whole batch's logits never exist at once."""
+
+    def __init__(self, hidden: torch.Tensor, head, rows: int):
+        self.hidden, self.head, self.rows = hidden, head, rows
+
+    def chunks(self, positions: torch.Tensor, columns: Optional[int]):
+        """Yields (slice of `positions`, [n, columns] logits of those positions)."""
+        for start in range(0, len(positions), self.rows):
+            part = slice(start, start + self.rows)
+            logits = self.head(gather_rows(self.hidden, positions[part]))  # [n, V]
+            yield part, logits if columns is None else logits[:, :columns]
+
+
+def _scores(logits, positions, targets, columns):
+    """(summed NLL, [N] bool hit) of `logits` (a [B, S, V] tensor or HeadRows) at `positions`."""
+    if isinstance(logits, HeadRows):
+        parts = [(F.cross_entropy(rows.float(), targets[part], reduction="sum"), rows.argmax(-1) == targets[part])
+                 for part, rows in logits.chunks(positions, columns)]
+        return sum(nll for nll, _ in parts), torch.cat([hit for _, hit in parts])
+    rows = gather_rows(logits, positions, columns)
+    return F.cross_entropy(rows.float(), targets, reduction="sum"), rows.argmax(-1) == targets
+
+
+def token_stats(logits, positions: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor, columns: Optional[int],
+                rows: Optional[torch.Tensor], n_rows: int, prefix: str = "") -> Dict[str, torch.Tensor]:
     """Statistics of the N predicted tokens of one batch, as CPU tensors.
 
     Args:
-        logits: [N, V] gathered rows (None: no statistics, e.g. no teacher).
+        logits: [B, S, V] (or HeadRows standing for them); None: no statistics, e.g. no teacher.
+        positions: [N] flat positions of the predicted tokens; columns: the logits scored.
         targets: [N] the ids they should predict.
         scored: [N] bool, the targets accuracy counts: not the special tokens (EOS, padding,
             unknown) that every model predicts alike and that would swamp the accuracy.
@@ -46,8 +73,7 @@ def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: t
     """
     if logits is None:
         return {}
-    nll = F.cross_entropy(logits.float(), targets, reduction="sum")
-    hit = logits.argmax(-1) == targets
+    nll, hit = _scores(logits, positions, targets, columns)
     stats = {"nll": nll.reshape(1), "count": torch.tensor([float(targets.numel())]),
              "correct": (hit & scored).sum().reshape(1).float(), "scored": scored.sum().reshape(1).float()}
     if rows is not None:
@@ -60,9 +86,8 @@ def token_stats(logits: Optional[torch.Tensor], targets: torch.Tensor, scored: t
 def eval_token_stats(student_logits, teacher_logits, positions, targets, scored, columns, rows=None, n_rows=0) -> Dict[str, torch.Tensor]:
     """token_stats of the student (and of the teacher, prefixed `teacher_`) at `positions`, over
     their first `columns` logits."""
-    stats = token_stats(gather_rows(student_logits, positions, columns), targets, scored, rows, n_rows)
-    if teacher_logits is not None:
-        stats.update(token_stats(gather_rows(teacher_logits, positions, columns), targets, scored, rows, n_rows, "teacher_"))
+    stats = token_stats(student_logits, positions, targets, scored, columns, rows, n_rows)
+    stats.update(token_stats(teacher_logits, positions, targets, scored, columns, rows, n_rows, "teacher_"))
     return stats
 
 
