@@ -13,7 +13,7 @@ from tqdm import tqdm
 from distillation.distributed import barrier
 from distillation.errors import InputError
 from distillation.data.identity import example_digests
-from distillation.models import TORCH_DTYPES, check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
+from distillation.models import autocast_dtype, check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import build_objective
 from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import (
@@ -70,7 +70,7 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         _replace(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     barrier(env)
     mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
-    amp = TORCH_DTYPES[cfg.precision] if cfg.precision != "fp32" else None
+    amp = autocast_dtype(cfg.precision)
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
                disable=not env.is_main)
     for shard in mine:

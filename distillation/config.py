@@ -45,6 +45,7 @@ DEFAULT_MAX_SEQ_LENGTH = {"sequence_classification": 512, "mlm": 512, "clm": 102
 TEACHER_LOSSES = ("alpha_ce", "alpha_cos")  # the per-objective weights that need a teacher
 TASK_ALPHA = {"mlm": "alpha_mlm", "clm": "alpha_clm"}  # the reference's name of each task loss weight
 APEX_LEVELS = ("O0", "O1", "O2", "O3")
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision and --teacher_dtype
 
 
 def _opt(default, help, section, **meta):
@@ -89,7 +90,7 @@ class DistillConfig:
                                          "scripts/cache_teacher.py (a folder), without loading the teacher.", "models",
                                          shown="none: the teacher runs in the loop")
     teacher_dtype: Optional[str] = _opt(None, "The dtype the frozen teacher is loaded and held in (it has no optimizer: its "
-                                        "weights only ever meet autocast's compute).", "models", choices=("fp32", "bf16", "fp16"),
+                                        "weights only ever meet autocast's compute).", "models", choices=PRECISIONS,
                                         shown="--precision's: bf16 or fp16 under those, else fp32")
     lora_r: int = _opt(0, "Train LoRA adapters of this rank in the student (the peft extra) instead of all its weights; final/ "
                        "merges them, adapter/ beside it keeps them.", "models", shown="0: every weight trains")
@@ -156,7 +157,7 @@ class DistillConfig:
     weight_decay: Optional[float] = _opt(None, "AdamW weight decay (never on biases and norms).", "optimisation")
     adam_epsilon: float = _opt(1e-6, "AdamW epsilon.", "optimisation")
     max_grad_norm: Optional[float] = _opt(None, "Gradient clipping norm.", "optimisation")
-    precision: str = _opt("fp32", "Autocast precision; fp16 adds a GradScaler.", "optimisation", choices=("fp32", "bf16", "fp16"))
+    precision: str = _opt("fp32", "Autocast precision; fp16 adds a GradScaler.", "optimisation", choices=PRECISIONS)
     fp16: bool = _opt(False, "Reference flag: same as --precision fp16.", "optimisation")
     fp16_opt_level: str = _opt("O1", "Reference flag (apex). torch.amp's fp16 autocast is apex's O1, which is what runs; "
                                "O0, O2 and O3 are refused with --fp16.", "optimisation", choices=APEX_LEVELS)

@@ -37,7 +37,7 @@ from distillation.evaluation import evaluate
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
 from distillation.lora import student_parameters
 from distillation.losses import hidden_cosine, hidden_mse
-from distillation.models import freeze_embeddings
+from distillation.models import autocast_dtype, freeze_embeddings
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
 from distillation.token_losses import token_losses_for
@@ -93,7 +93,7 @@ class Distiller:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, math.ceil(cfg.warmup_prop * self.total_steps), self.total_steps
         )
-        amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        amp_dtype = autocast_dtype(cfg.precision)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 

@@ -28,10 +28,10 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
     generator = torch.Generator(env.device)
     loader = DataLoader(dataset, batch_sampler=mine + batches[:1] * padding, collate_fn=objective.collate)
     stats = {}
+    logits = model.token_losses.wants_logits  # False (--loss_chunk_rows): final hidden states, scored chunk by chunk
     for i, batch in enumerate(loader):
         generator.manual_seed(seed * 1_000_003 + numbers[i])
         batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
-        logits = model.token_losses.wants_logits  # False (--loss_chunk_rows): final hidden states, scored chunk by chunk
         with autocast():
             s_out, _ = model(objective.model_inputs(batch), logits=logits)
             t_out, _ = teacher.outputs(batch, split="eval", logits=logits)

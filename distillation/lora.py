@@ -45,6 +45,11 @@ def default_targets(student: nn.Module) -> List[str]:
     return names
 
 
+def lora_config(student: nn.Module):
+    """The LoraConfig that add_lora injected into `student`, or None (no --lora_r)."""
+    return getattr(student, "peft_config", {}).get(_NAME)
+
+
 def student_parameters(student: nn.Module) -> int:
     """The student's own parameters, its LoRA adapters left out: what the merged folder holds."""
     return sum(p.numel() for name, p in student.named_parameters() if ".lora_" not in name)

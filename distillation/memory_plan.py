@@ -19,7 +19,8 @@ models, or off their configs on the meta device) and an estimate for the logits.
 from dataclasses import dataclass
 from typing import Optional
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+from distillation.models import TORCH_DTYPES
+
 GIB = 1024**3
 
 
@@ -57,13 +58,13 @@ def memory_plan(teacher_params: int, teacher_dtype: str, student_params: int, tr
     cache); `logit_rows` per micro-batch; `hidden_sizes` (student, teacher) with `chunk_rows`."""
     student_share = world_size if shard_student else 1
     teacher_share = world_size if shard_teacher else 1
-    compute = DTYPE_BYTES[precision]
+    compute = TORCH_DTYPES[precision].itemsize
     rows = min(chunk_rows, logit_rows) if chunk_rows else logit_rows
     models = 2 if teacher_params else 1
     logits = rows * columns * (models * compute + 4 * 4)
     if chunk_rows and hidden_sizes:
         logits += logit_rows * sum(hidden_sizes[:models]) * compute
-    return Plan(teacher=teacher_params * DTYPE_BYTES[teacher_dtype] / teacher_share,
+    return Plan(teacher=teacher_params * TORCH_DTYPES[teacher_dtype].itemsize / teacher_share,
                 student=student_params * 4 / student_share,
                 gradients=trained_params * 4 / student_share,
                 adamw=trained_params * 8 / student_share,

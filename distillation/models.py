@@ -23,7 +23,12 @@ from distillation.offline_logits import TEACHER_CONFIG
 # updates (--precision bf16/fp16 mixed precision comes from autocast, over fp32 master weights).
 # The frozen teacher has no updates to lose: it loads in --teacher_dtype.
 WEIGHTS_DTYPE = torch.float32
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # by config.PRECISIONS name
+
+
+def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    """The dtype torch.autocast runs in under --precision (None: fp32, no autocast)."""
+    return None if precision == "fp32" else TORCH_DTYPES[precision]
 
 # Position ids of these families start after the padding id: they read 2 fewer tokens than
 # max_position_embeddings says (RoBERTa's 514 positions take 512 tokens).

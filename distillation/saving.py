@@ -14,7 +14,7 @@ import sys
 
 from safetensors.torch import save_file
 
-from distillation.lora import ADAPTER_FOLDER, merged_state, save_adapter, student_parameters
+from distillation.lora import ADAPTER_FOLDER, lora_config, merged_state, save_adapter, student_parameters
 from distillation.reporting import loss_formula, millions
 
 
@@ -75,7 +75,7 @@ class ModelFolders:
         tmp = folder + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         student = _part(state, "student.")
-        lora = getattr(model.student, "peft_config", {}).get("default")  # --lora_r: save the merged model, the adapters beside
+        lora = lora_config(model.student)  # --lora_r: save the merged model, the adapters beside
         if lora is not None:
             student, adapter = merged_state(student, lora)
             save_adapter(tmp, lora, adapter, self.cfg.student_name)

@@ -17,6 +17,7 @@ import os
 import platform
 
 from distillation.cli import ArgumentParser, command, require_positive
+from distillation.config import PRECISIONS
 from distillation.errors import InputError
 from distillation.models import load_config
 from distillation.tools.scale_benchmark import MODELS, format_table, plan_table, prepare, run_config
@@ -39,8 +40,8 @@ def parse_args(argv=None):
                       "--steps and --cores unused).")
     plan.add_argument("--teacher_config", help="A config.json of the teacher (e.g. training_configs/models/llama-3.1-8b.json).")
     plan.add_argument("--student_config", help="A config.json of the student.")
-    plan.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="The run's --precision.")
-    plan.add_argument("--teacher_dtype", choices=("fp32", "bf16", "fp16"), help="The run's --teacher_dtype (default: --precision's).")
+    plan.add_argument("--precision", default="fp32", choices=PRECISIONS, help="The run's --precision.")
+    plan.add_argument("--teacher_dtype", choices=PRECISIONS, help="The run's --teacher_dtype (default: --precision's).")
     plan.add_argument("--loss_chunk_rows", type=int, default=0, help="The run's --loss_chunk_rows.")
     plan.add_argument("--replicate_teacher", action="store_true", help="fsdp: the teacher whole on each process.")
     plan.add_argument("--columns", type=int, help="Logit columns distilled: len(tokenizer) (default: the smaller vocab_size).")
@@ -52,11 +53,12 @@ def parse_args(argv=None):
     if args.plan_only:
         if not (args.teacher_config and args.student_config):
             raise InputError("--plan_only needs --teacher_config and --student_config (config.json files)")
-        vocab = []
         for flag in ("teacher_config", "student_config"):
             if not os.path.isfile(getattr(args, flag)):
                 raise InputError(f"--{flag}: no such file '{getattr(args, flag)}'")
-            vocab.append(load_config(getattr(args, flag), f"--{flag}").vocab_size)  # exit 2 naming the flag on a bad file
+        # read once, for plan_table too (exit 2 naming the flag on a bad file)
+        args.configs = [load_config(getattr(args, flag), f"--{flag}") for flag in ("teacher_config", "student_config")]
+        vocab = [config.vocab_size for config in args.configs]
         args.columns = args.columns or min(vocab)
         if not 1 <= args.columns <= min(vocab):
             raise InputError(f"--columns {args.columns}: must be between 1 and the smaller vocab_size ({min(vocab)})")

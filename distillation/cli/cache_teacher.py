@@ -16,7 +16,7 @@ import argparse
 
 from distillation.cache_pass import cache_pass
 from distillation.cli import ArgumentParser, command, require_positive
-from distillation.config import DistillConfig
+from distillation.config import PRECISIONS, DistillConfig
 from distillation.distributed import init_distributed, shutdown
 from distillation.errors import InputError
 from distillation.offline_logits import METHODS
@@ -41,8 +41,8 @@ def parse_args(argv=None):
                    "--temperature 1 or below, where they hold half the mass, else 0; README says why).")
     p.add_argument("--k", type=int, help="Draws (sampled; default: what fills 64 bytes a position with the head, 31 - 2 x head, at "
                    "a vocabulary up to 65,536) or ids kept (topk; default 12) per position.")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="Autocast of the teacher's forward pass.")
-    p.add_argument("--teacher_dtype", choices=("fp32", "bf16", "fp16"), help="The dtype the teacher is loaded in (default: --precision's).")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="Autocast of the teacher's forward pass.")
+    p.add_argument("--teacher_dtype", choices=PRECISIONS, help="The dtype the teacher is loaded in (default: --precision's).")
     p.add_argument("--batch_size", type=int, default=8, help="Examples per teacher forward pass.")
     p.add_argument("--shard_size", type=int, default=1000, help="Examples per shard (the unit of resume and of rank split).")
     p.add_argument("--seed", type=int, default=56, help="Seed of the draws (sampled).")

@@ -216,12 +216,11 @@ if __name__ == "__main__":
     rank_main(sys.argv[1])
 
 
-def count_parameters(config_path: str) -> int:
-    """Parameters of the model a config file describes, built on the meta device (no memory, no
+def count_parameters(config) -> int:
+    """Parameters of the model a config describes, built on the meta device (no memory, no
     download): the class its `architectures` names, tied weights counted once."""
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(config_path)
     model_class = getattr(transformers, (config.architectures or ["AutoModel"])[0])
     with torch.device("meta"):
         model = model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class.from_config(config)
@@ -231,12 +230,11 @@ def count_parameters(config_path: str) -> int:
 def plan_table(args) -> str:
     """--plan_only: the memory plan (distillation/memory_plan.py) of each strategy, process count
     and sequence length, in GiB per process, for the two configs; nothing is run."""
-    from transformers import AutoConfig
-
     from distillation.memory_plan import GIB, memory_plan
 
-    teacher, student = count_parameters(args.teacher_config), count_parameters(args.student_config)
-    hidden = tuple(AutoConfig.from_pretrained(path).hidden_size for path in (args.student_config, args.teacher_config))
+    teacher_config, student_config = args.configs  # read by the CLI's checks
+    teacher, student = count_parameters(teacher_config), count_parameters(student_config)
+    hidden = (student_config.hidden_size, teacher_config.hidden_size)
     teacher_dtype = args.teacher_dtype or args.precision
     lines = [f"teacher {args.teacher_config}: {teacher:,} parameters ({teacher_dtype}); student {args.student_config}: "
              f"{student:,} parameters (fp32 master weights, all trained); "
