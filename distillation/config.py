@@ -170,6 +170,9 @@ class DistillConfig:
                          "optimisation", choices=("ddp", "fsdp"))
     replicate_teacher: bool = _opt(False, "fsdp: keep a whole teacher on every process (faster when it fits) instead of sharding "
                                    "it; with --cache_teacher_logits only a whole teacher caches.", "optimisation")
+    sharded_loading: bool = _opt(True, "fsdp on several processes: build both models on the meta device and read each process's "
+                                 "shards from their safetensors files, so no process holds a whole model (--no-sharded_loading: "
+                                 "load each whole, then shard).", "optimisation")
     gradient_checkpointing: bool = _opt(False, "Recompute the student's activations in backward (the model's own "
                                         "gradient_checkpointing_enable): less memory, ~1/3 more compute.", "optimisation")
     num_workers: int = _opt(0, "DataLoader worker processes.", "optimisation")

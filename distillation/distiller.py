@@ -62,12 +62,11 @@ class Distiller:
             teacher_config = teacher.model.config
             self.layer_pairs = parse_layer_map(cfg.layer_map, student.config.num_hidden_layers, teacher_config.num_hidden_layers)
             projection = build_projection(student.config, teacher_config, cfg.hidden_projection)
-        self.token_losses = token_losses_for(cfg, objective, student, self.teacher)  # dense, chunked or sparse
-        self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs], self.token_losses).to(self.device)
+        self.model = StudentWithProjection(student, projection, [s for s, _ in self.layer_pairs])
         freeze_embeddings(student, cfg.freeze_pos_embs, cfg.freeze_token_type_embds)
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.train_model = strategy.wrap(self.model)  # DDP, or self.model sharded in place (fsdp)
+        self.train_model = strategy.wrap(self.model)  # on the device: DDP, or self.model sharded in place (fsdp)
         self.forward_model = torch.compile(self.train_model) if cfg.compile else self.train_model
 
         # Schedule: an optimizer step is `gradient_accumulation_steps` micro-batches.
@@ -93,6 +92,11 @@ class Distiller:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, math.ceil(cfg.warmup_prop * self.total_steps), self.total_steps
         )
+        # Dense, chunked or sparse. The chunked losses' check runs the wrapped student: after the
+        # optimizer took its parameters (a forward leaves FSDP's root weights gathered until backward).
+        self.token_losses = token_losses_for(
+            cfg, objective, student, self.teacher, lambda inputs, logits: self.train_model(inputs, logits=logits)[0])
+        self.model.token_losses = self.token_losses
         amp_dtype = autocast_dtype(cfg.precision)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")

@@ -2,7 +2,9 @@
 
 Per process, on N processes:
 - teacher: its parameters at --teacher_dtype's bytes, /N when sharded (fsdp without
-  --replicate_teacher). Frozen: no gradients, no optimizer state.
+  --replicate_teacher), plus, when sharded, its root's own (embeddings, LM head, final norm)
+  whole: FSDP2 keeps a root's weights gathered after its forward, and a teacher has no backward
+  to free them (the chunked losses apply its head there). Frozen: no gradients, no optimizer state.
 - student: fp32 master weights (4 B a parameter), /N under fsdp.
 - gradients: 4 B a trained parameter, /N under fsdp.
 - AdamW: its two moments, 8 B a trained parameter, /N under fsdp.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from distillation.models import TORCH_DTYPES
+from distillation.parallel import transformer_blocks
 
 GIB = 1024**3
 
@@ -53,9 +56,10 @@ def size(n: float) -> str:
 
 def memory_plan(teacher_params: int, teacher_dtype: str, student_params: int, trained_params: int, world_size: int,
                 shard_student: bool, shard_teacher: bool, precision: str, logit_rows: int, columns: int,
-                chunk_rows: int = 0, hidden_sizes: Optional[tuple] = None) -> Plan:
+                chunk_rows: int = 0, hidden_sizes: Optional[tuple] = None, teacher_root_params: int = 0) -> Plan:
     """Bytes per process (see the module docstring). `teacher_params` 0 for no teacher (or a
-    cache); `logit_rows` per micro-batch; `hidden_sizes` (student, teacher) with `chunk_rows`."""
+    cache); `logit_rows` per micro-batch; `hidden_sizes` (student, teacher) with `chunk_rows`;
+    `teacher_root_params`: the teacher's parameters outside its transformer blocks."""
     student_share = world_size if shard_student else 1
     teacher_share = world_size if shard_teacher else 1
     compute = TORCH_DTYPES[precision].itemsize
@@ -64,7 +68,8 @@ def memory_plan(teacher_params: int, teacher_dtype: str, student_params: int, tr
     logits = rows * columns * (models * compute + 4 * 4)
     if chunk_rows and hidden_sizes:
         logits += logit_rows * sum(hidden_sizes[:models]) * compute
-    return Plan(teacher=teacher_params * TORCH_DTYPES[teacher_dtype].itemsize / teacher_share,
+    gathered = teacher_root_params if shard_teacher else 0
+    return Plan(teacher=(teacher_params / teacher_share + gathered) * TORCH_DTYPES[teacher_dtype].itemsize,
                 student=student_params * 4 / student_share,
                 gradients=trained_params * 4 / student_share,
                 adamw=trained_params * 8 / student_share,
@@ -84,4 +89,12 @@ def plan_of_run(d) -> Plan:
         student_params=sum(p.numel() for p in d.model.parameters()),
         trained_params=sum(p.numel() for p in d.model.parameters() if p.requires_grad),
         world_size=d.env.world_size, shard_student=d.strategy.sharded, shard_teacher=d.strategy.shards_teacher,
-        precision=cfg.precision, logit_rows=rows, columns=columns, chunk_rows=cfg.loss_chunk_rows, hidden_sizes=hidden)
+        precision=cfg.precision, logit_rows=rows, columns=columns, chunk_rows=cfg.loss_chunk_rows, hidden_sizes=hidden,
+        teacher_root_params=root_parameters(teacher) if teacher is not None else 0)
+
+
+def root_parameters(model) -> int:
+    """Parameters outside the model's transformer blocks (embeddings, heads, final norm): what
+    FSDP's root unit holds. Tied weights count once."""
+    in_blocks = {id(p) for block in transformer_blocks(model) for p in block.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)

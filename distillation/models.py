@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
 from distillation.offline_logits import TEACHER_CONFIG
+from distillation.sharded_loading import build_on_meta, sampled_values
 
 # The student loads as fp32 whatever dtype a checkpoint was saved in: transformers 5 would
 # otherwise keep a bf16/fp16 checkpoint's dtype, and AdamW on half-precision weights loses small
@@ -111,12 +112,16 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def load_teacher(cfg, objective, config):
+def load_teacher(cfg, objective, config, on_meta: bool = False):
     """The frozen teacher in eval mode and --teacher_dtype, or None for plain training. A teacher
     must be complete: a head initialised at random (e.g. a bare encoder loaded for classification)
-    would teach noise."""
+    would teach noise. `on_meta`: built on the meta device when its files hold all of it, to be
+    read shard by shard once sharded (sharded_loading.py)."""
     if not cfg.teacher_name:
         return None
+    teacher = on_meta and build_on_meta(objective.auto_model_class, cfg.teacher_name, config, TORCH_DTYPES[cfg.teacher_dtype])
+    if teacher:
+        return teacher.eval().requires_grad_(False)
     teacher, info = objective.auto_model_class.from_pretrained(
         cfg.teacher_name, config=config, dtype=TORCH_DTYPES[cfg.teacher_dtype], output_loading_info=True)
     missing = sorted(info["missing_keys"])
@@ -131,9 +136,9 @@ def load_teacher(cfg, objective, config):
     return teacher
 
 
-def load_student(cfg, objective, train_dataset, config) -> Tuple[torch.nn.Module, List[str]]:
+def load_student(cfg, objective, train_dataset, config, on_meta: bool = False) -> Tuple[torch.nn.Module, List[str]]:
     """(student, names of its weights initialised at random), from --student_name (pretrained)
-    or --student_config (random init, or --student_pretrained_weights)."""
+    or --student_config (random init, or --student_pretrained_weights). `on_meta`: as load_teacher."""
     overrides = objective.student_config_overrides(train_dataset)
     if cfg.student_name and _has_head(config, objective):
         # A student that already carries this task's head keeps its size (check_models
@@ -141,6 +146,9 @@ def load_student(cfg, objective, train_dataset, config) -> Tuple[torch.nn.Module
         overrides = {k: v for k, v in overrides.items() if k != "num_labels" and len(v) == config.num_labels}
     for key, value in overrides.items():
         setattr(config, key, value)
+    student = on_meta and cfg.student_name and build_on_meta(objective.auto_model_class, cfg.student_name, config, WEIGHTS_DTYPE)
+    if student:
+        return student, []
     if cfg.student_name:
         student, info = objective.auto_model_class.from_pretrained(
             cfg.student_name, config=config, dtype=WEIGHTS_DTYPE, output_loading_info=True)
@@ -231,13 +239,14 @@ def check_tokenizers(cfg, tokenizer) -> None:
 def model_identity(model) -> str:
     """`config <sha>, weights <sha>`: tells two models apart by their config and by up to 4,096
     evenly spaced values of every tensor (fine-tuning moves every weight), without hashing
-    gigabytes. The same for a model wherever its folder lies."""
+    gigabytes. The same for a model wherever its folder lies, whole or sharded."""
     config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
     weights = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
+    state = model.state_dict()
+    values = sampled_values(state)  # a sharded model's too (a collective then)
+    for name, tensor in sorted(state.items()):
         weights.update(f"{name}{tuple(tensor.shape)}".encode())
-        weights.update(flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu().numpy().tobytes())
+        weights.update(values[name].numpy().tobytes())
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     return f"config {config_sha[:16]}, weights {weights.hexdigest()[:16]}"
 

@@ -17,6 +17,8 @@ per-parameter shards of either at any world size.
   The student's losses are computed inside its forward (hidden.StudentWithProjection), so the
   LM head applied chunk by chunk (--loss_chunk_rows) uses the root's gathered weights; FSDP2
   keeps a root's parameters gathered after its forward (the teacher's too).
+  Models built on the meta device (distillation/sharded_loading.py) are sharded first and then
+  read shard by shard from their safetensors files: no process holds either model whole.
   Limits: no fp16 (GradScaler's overflow check is per shard); a sharded teacher runs on every
   micro-batch of every rank together, so its logits are not cached.
 """
@@ -27,6 +29,8 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
+
+from distillation.sharded_loading import fill, pending, real_tensors
 
 
 def transformer_blocks(model: torch.nn.Module):
@@ -47,9 +51,16 @@ class Strategy:
 
     def __init__(self, cfg, env):
         self.cfg, self.env = cfg, env
+        self.loaded = {}  # role -> how it was loaded, for the run's header (sharded strategies)
+
+    def loads_sharded(self, role: str) -> bool:
+        """Should the `role` ("teacher" or "student") be built on meta and read shard by shard?"""
+        return False
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module to run forward/backward through (`model` keeps its parameters' names)."""
+        """`model` on the device, and the module to run forward/backward through (`model` keeps its
+        parameters' names)."""
+        model = model.to(self.env.device)
         if not self.env.is_distributed:
             return model
         return DistributedDataParallel(model, device_ids=[self.env.device.index] if self.env.device.type == "cuda" else None)
@@ -80,21 +91,29 @@ class FSDPStrategy(Strategy):
         bf16 = cfg.precision == "bf16"
         self.policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
 
-    def _shard(self, model, root):
-        for block in transformer_blocks(root):
+    def loads_sharded(self, role):
+        return self.cfg.sharded_loading and (self.shards_teacher if role == "teacher" else self.sharded and not self.cfg.lora_r)
+
+    def _shard(self, model, role):
+        """Each transformer block its own FSDP unit, then the root (embeddings, heads, projection).
+        A model still on meta is sharded first and then given its values (sharded_loading.fill)."""
+        real = real_tensors(model) if pending(model) else None
+        self.loaded[role] = ("read shard by shard from its safetensors files" if real is not None else
+                             "loaded whole by each process, then sharded" + ("" if self.cfg.sharded_loading else " (--no-sharded_loading)"))
+        if real is None:
+            model.to(self.env.device)
+        for block in transformer_blocks(model):
             fully_shard(block, mp_policy=self.policy)
         fully_shard(model, mp_policy=self.policy)
+        if real is not None:
+            fill(model, real, self.env.device)
+        return model
 
     def wrap(self, model):
-        if self.sharded:
-            self._shard(model, model)  # the root (student + projection) holds embeddings, head and projection
-        return model
+        return self._shard(model, "student") if self.sharded else model.to(self.env.device)
 
     def teacher(self, model):
-        model = model.to(self.env.device)
-        if self.shards_teacher:
-            self._shard(model, model)
-        return model
+        return self._shard(model, "teacher") if self.shards_teacher else model.to(self.env.device)
 
     def gradient_sync(self, train_model, sync: bool):
         if self.sharded:

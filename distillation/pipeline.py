@@ -64,20 +64,20 @@ def build(cfg, env):
     else:
         eval_dataset = objective.load_dataset(cfg.eval_file, "--eval_file") if cfg.eval_file else None
     check_tokenizers(cfg, tokenizer)
-    teacher = load_teacher(cfg, objective, teacher_config)
-    student, fresh = load_student(cfg, objective, train_dataset, student_config)
+    strategy = build_strategy(cfg, env)
+    teacher = load_teacher(cfg, objective, teacher_config, on_meta=strategy.loads_sharded("teacher"))
+    student, fresh = load_student(cfg, objective, train_dataset, student_config, on_meta=strategy.loads_sharded("student"))
     if cfg.lora_r:
         add_lora(student, cfg, objective.lora_trains_head)
     check_pair(teacher, student, tokenizer)
     for data in (train_dataset, eval_dataset):
         if data is not None:
             objective.check_models(teacher, student, data)
-    strategy = build_strategy(cfg, env)
     if cfg.teacher_logits:
         source = offline_teacher(cfg, objective, tokenizer, train_dataset, env)
     else:  # a sharded teacher runs on every rank together: no rank may skip it on a cache hit
-        identity = model_identity(teacher) if teacher is not None else None
         placed = strategy.teacher(teacher) if teacher is not None else None
+        identity = model_identity(placed) if teacher is not None else None
         source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
                          may_cache=not strategy.shards_teacher, identity=identity)
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh

@@ -143,6 +143,8 @@ def run_header(d, fresh_weights) -> list:
         lines.append(f"warning: {d.teacher.warning}")
     if d.env.is_distributed:
         lines.append(f"strategy: {d.strategy.name} over {d.env.world_size} processes ({d.strategy.holds})")
+        if d.strategy.loaded:
+            lines.append("loading: " + "; ".join(f"the {role} {how}" for role, how in d.strategy.loaded.items()))
     lines.append(plan_of_run(d).line())
     if cfg.precision == "bf16" and not fast_bf16(d.device):
         lines.append("warning: this CPU has no native bf16 (AVX512-BF16/AMX): --precision bf16 is emulated and much slower "

@@ -55,7 +55,7 @@ class Teacher:
     """The frozen teacher (or none, for plain training) and its caches: one for the training
     set when `cache_train`, one for the evaluation set when the objective's inputs allow.
     `may_cache=False` (a teacher sharded over ranks) keeps none: every rank must run each forward.
-    `identity` (models.model_identity, taken before sharding) goes into the resume fingerprint."""
+    `identity` (models.model_identity, the same whole or sharded) goes into the resume fingerprint."""
 
     warning = None  # nothing the run's header needs to warn about (OfflineTeacher may have)
 

@@ -52,10 +52,10 @@ class DenseTokenLosses:
 class ChunkedTokenLosses(DenseTokenLosses):
     wants_logits = False
 
-    def __init__(self, cfg, objective, student, teacher):
+    def __init__(self, cfg, objective, student, teacher, student_forward=None):
         super().__init__(cfg, objective)
         self.rows = cfg.loss_chunk_rows
-        self.student_head = checked_head(student, "student")
+        self.student_head = checked_head(student, "student", student_forward)
         self.teacher_head = checked_head(teacher, "teacher") if teacher is not None else None
 
     def __call__(self, wanted, student_hidden, teacher_hidden, batch) -> dict:
@@ -107,26 +107,33 @@ class SparseTokenLosses(DenseTokenLosses):
         return terms
 
 
-def token_losses_for(cfg, objective, student, teacher):
+def token_losses_for(cfg, objective, student, teacher, student_forward=None):
     """For the teacher source `teacher` (Teacher or OfflineTeacher): SparseTokenLosses for a clm
-    cache, ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise."""
+    cache, ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise.
+    `student_forward(inputs, logits)`: the student's logits or final hidden states through its
+    wrapped module (FSDP runs a sharded model from its root only)."""
     if getattr(teacher, "sparse", False):
         return SparseTokenLosses(cfg, objective)
-    return ChunkedTokenLosses(cfg, objective, student, teacher.model) if cfg.loss_chunk_rows else DenseTokenLosses(cfg, objective)
+    if not cfg.loss_chunk_rows:
+        return DenseTokenLosses(cfg, objective)
+    return ChunkedTokenLosses(cfg, objective, student, teacher.model, student_forward)
 
 
 @torch.no_grad()
-def checked_head(model, role: str):
+def checked_head(model, role: str, forward=None):
     """The model's output embeddings, after checking that they alone turn its base model's final
-    hidden states into its logits (some heads scale or soft-cap the logits after the matmul)."""
+    hidden states into its logits (some heads scale or soft-cap the logits after the matmul).
+    `forward(inputs, logits)` runs `model` (default: directly). The head runs after it: FSDP2
+    keeps a root's own weights gathered after its forward."""
     head = model.get_output_embeddings()
+    forward = forward or (lambda inputs, logits: final_outputs(model, inputs, logits=logits)[0])
     same = head is not None
     if same:
         ids = torch.arange(1, 9, device=head.weight.device).remainder(head.weight.shape[0]).unsqueeze(0)
         was_training = model.training
         model.eval()
-        dense, _ = final_outputs(model, {"input_ids": ids})
-        chunked = head(final_outputs(model, {"input_ids": ids}, logits=False)[0])
+        dense = forward({"input_ids": ids}, True)
+        chunked = head(forward({"input_ids": ids}, False))
         model.train(was_training)
         same = torch.allclose(dense.float(), chunked.float(), rtol=1e-4, atol=1e-4)
     if not same:

@@ -77,6 +77,9 @@ def test_the_plan_of_fsdp_divides_what_is_sharded():
     assert (dense.teacher, dense.student, dense.gradients, dense.adamw) == (2000, 800, 800, 1600)
     assert (sharded.teacher, sharded.student, sharded.gradients, sharded.adamw) == (500, 200, 200, 400)
     assert replicated.teacher == 2000 and replicated.student == 200
+    # A sharded teacher's root (embeddings, head: 100 of its 1,000 parameters) stays gathered after its forward.
+    assert memory_plan(1000, "bf16", 200, 200, 4, True, True, "bf16", 10, 50, teacher_root_params=100).teacher == (250 + 100) * 2
+    assert memory_plan(1000, "bf16", 200, 200, 4, True, False, "bf16", 10, 50, teacher_root_params=100).teacher == 2000
     chunked = memory_plan(1000, "bf16", 200, 200, 1, False, False, "bf16", 10, 50, chunk_rows=4, hidden_sizes=(8, 16))
     assert chunked.logits == 4 * 50 * 20 + 10 * (8 + 16) * 2 and dense.logits == 10 * 50 * 20
 
@@ -91,7 +94,8 @@ def test_plan_only_of_the_8b_pairs_reads_the_real_configs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "8,030,261,248" in proc.stdout and "1,235,814,400" in proc.stdout  # Llama-3.1-8B, Llama-3.2-1B
     fsdp = next(line for line in proc.stdout.splitlines() if line.startswith("| fsdp | 8 | 4096 |"))
-    teacher_gib = 8_030_261_248 * 2 / 8 / GIB
+    root = 2 * 128256 * 4096 + 4096  # embeddings, untied LM head, final norm: gathered after the teacher's forward
+    teacher_gib = (8_030_261_248 / 8 + root) * 2 / GIB
     assert fsdp.split("|")[5].strip() == f"{teacher_gib:.2f}"
     assert AutoConfig.from_pretrained(f"{ROOT}/training_configs/models/qwen2.5-7b.json").vocab_size == 152064
     for change, expect in ((["--teacher_config", "nope.json"], "error: --teacher_config: no such file 'nope.json'"),

@@ -2,6 +2,7 @@
 
     python scripts/benchmark_scale.py --out runs/scale           # BERT-base -> DistilBERT (MLM): ddp, fsdp x 1, 2 processes x seq 128, 512
     python scripts/benchmark_scale.py --out runs/scale --model llama-1b --seq 256 --tokens_per_step 256
+    python scripts/benchmark_scale.py --out runs/scale --model llama-1b --strategies fsdp --processes 2 --loading sharded whole
     python scripts/benchmark_scale.py --plan_only --teacher_config training_configs/models/llama-3.1-8b.json \
         --student_config training_configs/models/llama-3.2-1b.json --processes 8 --seq 4096 --tokens_per_step 4096 \
         --precision bf16 --columns 128256                # the memory plan only: nothing built but on the meta device
@@ -33,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, nargs="+", default=[128, 512], help="Sequence lengths (tokens per example).")
     p.add_argument("--tokens_per_step", type=int, default=1024, help="Tokens per process per step: batch = this / seq.")
     p.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up.")
+    p.add_argument("--loading", nargs="+", default=["sharded"], choices=("sharded", "whole"),
+                   help="fsdp on several processes: read the models shard by shard (the default) and/or load them whole first "
+                        "(--no-sharded_loading), to compare.")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="Cores shared by the processes (threads = cores / processes).")
     plan = p.add_argument_group("--plan_only: the memory plan of two configs, per process (distillation/memory_plan.py)")
     plan.add_argument("--plan_only", action="store_true", help="Print the plan of --teacher_config -> --student_config for each of "
@@ -82,10 +86,12 @@ def _main(argv=None):
         paths = prepare(args.out, args.model, seq, n_examples=(args.steps + 1) * max(args.processes) * max(1, args.tokens_per_step // seq))
         for processes in args.processes:
             for strategy in args.strategies:
-                result = run_config(paths, args.out, args.model, strategy, processes, seq, max(1, args.tokens_per_step // seq), args.steps,
-                                    max(1, args.cores // processes))
-                print(json.dumps(result), flush=True)
-                results.append(result)
+                shards = strategy == "fsdp" and processes > 1
+                for loading in args.loading if shards else ["whole"]:
+                    result = run_config(paths, args.out, args.model, strategy, processes, seq, max(1, args.tokens_per_step // seq),
+                                        args.steps, max(1, args.cores // processes), sharded_loading=loading == "sharded")
+                    print(json.dumps(result), flush=True)
+                    results.append(result)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {args.cores} cores, CPU fp32, gloo",
             "note": f"{args.tokens_per_step} tokens per process per step, {args.steps} timed steps after a warm-up"}
     path = os.path.join(args.out, f"results-{args.model}.json")

@@ -10,6 +10,9 @@ Measured on each rank, the maximum over ranks reported:
 - params / grads / optimizer MB: the bytes of the tensors this rank holds (a DTensor's local
   shard): parameters after the step, gradients just before the optimizer step (a step
   pre-hook), AdamW state after it. Not computed from a formula: read off the tensors.
+- loading peak RSS MB: the process's high-water resident memory once both models are built,
+  sharded and filled (before any step): what loading cost. Under fsdp on N > 1 processes the
+  models are read shard by shard (sharded_loading.py) unless `loading` is "whole".
 - peak RSS MB: the process's high-water resident memory (teacher, activations, framework).
 - tokens/s per process; teacher share: the teacher's forward alone, timed on the same
   batches, over the step time.
@@ -99,15 +102,16 @@ def prepare(out: str, model: str, seq: int, n_examples: int) -> dict:
 
 
 def run_config(paths: dict, out: str, model: str, strategy: str, processes: int, seq: int, batch_size: int, steps: int,
-               threads: int) -> dict:
+               threads: int, sharded_loading: bool = True) -> dict:
     """One configuration under torchrun; the per-rank results merged."""
     objective, _, _, _, alphas = MODELS[model]
-    name = f"{model}-{strategy}-{processes}p-seq{seq}"
+    loading = "sharded" if strategy == "fsdp" and processes > 1 and sharded_loading else "whole"
+    name = f"{model}-{strategy}-{processes}p-seq{seq}" + ("-whole" if strategy == "fsdp" and processes > 1 and loading == "whole" else "")
     mlm = {"token_counts": paths["counts"]} if objective == "mlm" else {}
     spec = {"config": {"objective": objective, "teacher_name": paths["teacher"], "student_name": paths["student"],
                        "data_file": paths["data"], "dump_path": os.path.join(out, name), "max_seq_length": seq,
                        "batch_size": batch_size, "gradient_accumulation_steps": 1, "strategy": strategy, "group_by_size": False,
-                       **mlm, **alphas},
+                       "sharded_loading": sharded_loading, **mlm, **alphas},
             "steps": steps, "seq": seq, "result": os.path.join(out, name + ".rank{rank}.json")}
     spec_file = os.path.join(out, name + ".spec.json")
     with open(spec_file, "w") as f:
@@ -119,16 +123,17 @@ def run_config(paths: dict, out: str, model: str, strategy: str, processes: int,
     with open(os.path.join(out, name + ".log"), "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
     if code != 0:
-        return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq,
+        return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq, "loading": loading,
                 "failed": f"exit {code}, see {log.name}"}
     ranks = []
     for rank in range(processes):
         with open(spec["result"].format(rank=rank)) as f:
             ranks.append(json.load(f))
-    merged = {k: max(r[k] for r in ranks) for k in ("params_mb", "grads_mb", "optimizer_mb", "peak_rss_mb", "step_s")}
+    merged = {k: max(r[k] for r in ranks) for k in ("params_mb", "grads_mb", "optimizer_mb", "loading_rss_mb", "peak_rss_mb", "step_s")}
     merged.update({k: sum(r[k] for r in ranks) / processes for k in ("tokens_per_s", "teacher_share", "mfu", "peak_tflop_per_s")})
     merged["student_state_mb"] = merged["params_mb"] + merged["grads_mb"] + merged["optimizer_mb"]
-    return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq, "batch_size": batch_size, **merged,
+    return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq, "loading": loading,
+            "batch_size": batch_size, **merged,
             "flops_per_token": ranks[0]["flops_per_token"]}
 
 
@@ -160,6 +165,7 @@ def rank_main(spec_file: str) -> None:
     peak = matmul_peak(torch.float32, 2048)  # every rank at once: they share the cores, as in training
     torch.manual_seed(cfg.seed)
     distiller, _ = build(cfg, env)
+    loading_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     student, teacher = distiller.model.student, distiller.teacher.model
     seq = spec["seq"]
     flops = (6 * (linear_weights(student) + 2 * student.config.num_hidden_layers * seq * student.config.hidden_size)
@@ -191,7 +197,7 @@ def rank_main(spec_file: str) -> None:
     optimizer_state = [t for state in distiller.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
     tokens_per_s = tokens / (step_s * spec["steps"])
     result = {"params_mb": local_mb(distiller.model.parameters()), "grads_mb": grads["mb"],
-              "optimizer_mb": local_mb(optimizer_state), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "optimizer_mb": local_mb(optimizer_state), "loading_rss_mb": loading_rss_mb, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "step_s": step_s, "tokens_per_s": tokens_per_s, "teacher_share": teacher_s / step_s,
               "flops_per_token": flops, "peak_tflop_per_s": peak / 1e12, "mfu": tokens_per_s * flops / peak}
     with open(spec["result"].format(rank=env.rank), "w") as f:
@@ -199,14 +205,16 @@ def rank_main(spec_file: str) -> None:
 
 
 def format_table(results: list, meta: dict) -> str:
-    lines = ["| model | strategy | processes | seq | params MB | grads MB | AdamW MB | student state MB | peak RSS MB | tokens/s per process "
-             "| teacher share | MFU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | strategy | processes | seq | loading | params MB | grads MB | AdamW MB | student state MB | loading peak RSS MB "
+             "| peak RSS MB | tokens/s per process | teacher share | MFU |", "|---|---|---:|---:|---|" + "---:|" * 10]
     for r in results:
+        head = f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | {r.get('loading', 'whole')} |"
         if "failed" in r:
-            lines.append(f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | failed: {r['failed']} |")
+            lines.append(f"{head} failed: {r['failed']} |")
             continue
-        lines.append(f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | {r['params_mb']:.0f} | {r['grads_mb']:.0f} | "
-                     f"{r['optimizer_mb']:.0f} | {r['student_state_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['tokens_per_s']:.1f} | "
+        loading_rss = f"{r['loading_rss_mb']:.0f}" if "loading_rss_mb" in r else "-"
+        lines.append(f"{head} {r['params_mb']:.0f} | {r['grads_mb']:.0f} | "
+                     f"{r['optimizer_mb']:.0f} | {r['student_state_mb']:.0f} | {loading_rss} | {r['peak_rss_mb']:.0f} | {r['tokens_per_s']:.1f} | "
                      f"{100 * r['teacher_share']:.0f}% | {100 * r['mfu']:.1f}% |")
     lines.append(f"\n{meta['machine']}; {meta['note']}")
     return "\n".join(lines)
@@ -216,15 +224,18 @@ if __name__ == "__main__":
     rank_main(sys.argv[1])
 
 
-def count_parameters(config) -> int:
-    """Parameters of the model a config describes, built on the meta device (no memory, no
-    download): the class its `architectures` names, tied weights counted once."""
+def count_parameters(config):
+    """(parameters, of which outside the transformer blocks) of the model a config describes,
+    built on the meta device (no memory, no download): the class its `architectures` names, tied
+    weights counted once."""
     import transformers
+
+    from distillation.memory_plan import root_parameters
 
     model_class = getattr(transformers, (config.architectures or ["AutoModel"])[0])
     with torch.device("meta"):
         model = model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters()), root_parameters(model)
 
 
 def plan_table(args) -> str:
@@ -233,7 +244,7 @@ def plan_table(args) -> str:
     from distillation.memory_plan import GIB, memory_plan
 
     teacher_config, student_config = args.configs  # read by the CLI's checks
-    teacher, student = count_parameters(teacher_config), count_parameters(student_config)
+    (teacher, teacher_root), (student, _) = count_parameters(teacher_config), count_parameters(student_config)
     hidden = (student_config.hidden_size, teacher_config.hidden_size)
     teacher_dtype = args.teacher_dtype or args.precision
     lines = [f"teacher {args.teacher_config}: {teacher:,} parameters ({teacher_dtype}); student {args.student_config}: "
@@ -248,7 +259,7 @@ def plan_table(args) -> str:
             for strategy in args.strategies:
                 fsdp = strategy == "fsdp" and processes > 1
                 plan = memory_plan(teacher, teacher_dtype, student, student, processes, fsdp, fsdp and not args.replicate_teacher,
-                                   args.precision, batch * seq, args.columns, args.loss_chunk_rows, hidden)
+                                   args.precision, batch * seq, args.columns, args.loss_chunk_rows, hidden, teacher_root)
                 values = [plan.teacher, plan.student, plan.gradients, plan.adamw, plan.logits, plan.total]
                 lines.append(f"| {strategy} | {processes} | {seq} | {batch} | " + " | ".join(f"{v / GIB:.2f}" for v in values) + " |")
     return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Sharded loading: under --strategy fsdp on N > 1 processes each process reads only its shards.
+
+Loading a model whole on every process before sharding it costs N copies of it in host memory
+(an 8B teacher in bf16: 16 GB a process, 128 GB on an 8-GPU node) and a whole copy on each
+device. Instead, a model whose every weight lies in the safetensors files of its folder is
+1. built on the meta device (shapes only, no memory: `build_on_meta`),
+2. sharded by FSDP2 as any other model (parallel.FSDPStrategy),
+3. given empty local shards (`to_empty`) and filled by torch.distributed.checkpoint's
+   HuggingFaceStorageReader, which reads each shard's rows straight from the files and casts
+   them into the shard's dtype (`fill`).
+Tied weights are one parameter before sharding, so they stay one. Non-persistent buffers
+(rotary frequencies, position ids) are in no file: transformers' own `_init_weights` computes
+them, as its from_pretrained does. Tensors that were real before sharding (a hidden-loss
+projection) are copied back into their shards.
+
+A model that cannot be read this way (weights missing from the files, random init, LoRA, no
+safetensors) loads whole as before; the run's first lines say which way each model came.
+"""
+
+import glob
+import os
+from typing import Dict, Optional, Set
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+SOURCE = "_distil_safetensors"  # attribute of a model built on meta: the folder its weights come from
+
+
+def safetensors_folder(name: str) -> Optional[str]:
+    """The local folder holding `name`'s *.safetensors (a hub name's cached snapshot), or None."""
+    folder = name
+    if not os.path.isdir(name):
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(name, allow_patterns=["*.safetensors", "*.json"])
+        except Exception:  # noqa: BLE001 - no snapshot: the whole load reports what is wrong
+            return None
+    return folder if glob.glob(os.path.join(folder, "*.safetensors")) else None
+
+
+def _file_keys(folder: str) -> Set[str]:
+    from safetensors import safe_open
+
+    keys = set()
+    for path in glob.glob(os.path.join(folder, "*.safetensors")):
+        with safe_open(path, framework="pt") as f:
+            keys.update(f.keys())
+    return keys
+
+
+def build_on_meta(model_class, name: str, config, dtype: torch.dtype) -> Optional[torch.nn.Module]:
+    """`model_class` of `config` on the meta device, marked to be filled from `name`'s safetensors
+    once sharded; None when the files do not hold every weight under the model's own names (old
+    checkpoints with renamed keys, a head to initialise): that model loads whole."""
+    folder = safetensors_folder(name)
+    if folder is None:
+        return None
+    with torch.device("meta"):
+        model = model_class.from_config(config, dtype=dtype)
+    keys = _file_keys(folder)
+    names_of = {}  # tied weights: one tensor under several names, one of which must be in the files
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        names_of.setdefault(id(tensor), []).append(key)
+    if not all(any(k in keys for k in names) for names in names_of.values()):
+        return None
+    setattr(model, SOURCE, folder)
+    return model
+
+
+def pending(module: torch.nn.Module) -> bool:
+    """Does `module` hold a model still on meta, to be filled after sharding?"""
+    return any(getattr(m, SOURCE, None) for m in module.modules())
+
+
+def real_tensors(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The parameters and buffers of `module` that hold values (not meta), by name: taken before
+    sharding, put back by `fill`."""
+    named = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    return {name: t.detach() for name, t in named if not t.is_meta}
+
+
+@torch.no_grad()
+def fill(module: torch.nn.Module, real: Dict[str, torch.Tensor], device: torch.device) -> None:
+    """Give the sharded `module` local storage on `device` and its values: `real` copied back,
+    buffers computed, every pending model's shards read from its files (a collective)."""
+    module.to_empty(device=device)
+    for name, value in real.items():
+        target = module.get_parameter(name) if name in dict(module.named_parameters(remove_duplicate=False)) else module.get_buffer(name)
+        if isinstance(target, DTensor):
+            value = distribute_tensor(value.to(device), target.device_mesh, target.placements).to_local()
+            target = target.to_local()
+        target.copy_(value)
+    for model in [m for m in module.modules() if getattr(m, SOURCE, None)]:
+        _init_buffers(model)
+        folder = getattr(model, SOURCE)
+        keys = _file_keys(folder)
+        state = {k: v for k, v in model.state_dict().items() if k in keys}
+        dcp.load(state, storage_reader=HuggingFaceStorageReader(folder))
+        delattr(model, SOURCE)
+
+
+def _init_buffers(model) -> None:
+    """Non-persistent buffers, which no file holds, computed by the model's `_init_weights` (run
+    before the weights are read, so any parameter it touches is overwritten). A buffer it leaves
+    alone would be garbage: refused."""
+    for module in model.modules():
+        names = [n for n in module._non_persistent_buffers_set if getattr(module, n, None) is not None]
+        if not names:
+            continue
+        for n in names:
+            buffer = getattr(module, n)
+            buffer.fill_(float("nan") if buffer.is_floating_point() else torch.iinfo(buffer.dtype).min)
+        model._init_weights(module)
+        for n in names:
+            buffer = getattr(module, n)
+            sentinel = buffer.isnan() if buffer.is_floating_point() else buffer == torch.iinfo(buffer.dtype).min
+            if sentinel.any():
+                raise RuntimeError(
+                    f"sharded loading: {type(model).__name__}._init_weights does not compute the buffer "
+                    f"'{type(module).__name__}.{n}'; load the model whole with --no-sharded_loading")
+
+
+def sampled_values(state: Dict[str, torch.Tensor], per_tensor: int = 4096) -> Dict[str, torch.Tensor]:
+    """Up to `per_tensor` evenly spaced values of every tensor, flattened (fp32, CPU), the same
+    whether a tensor is whole or an FSDP2 DTensor sharded by rows (gathered by all_reduce)."""
+    out, sharded = {}, {}
+    for name, tensor in state.items():
+        numel = tensor.numel()
+        index = torch.arange(0, numel, max(1, numel // per_tensor))[:per_tensor]
+        if isinstance(tensor, DTensor):
+            sharded[name] = (tensor, index)
+        else:
+            out[name] = tensor.detach().reshape(-1)[index.to(tensor.device)].float().cpu()
+    if sharded:
+        device = next(iter(sharded.values()))[0].to_local().device  # nccl reduces on the GPU
+        rows = torch.tensor([t.to_local().shape[0] for t, _ in sharded.values()], device=device)
+        every = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, rows)
+        first_row = torch.stack(every)[: dist.get_rank()].sum(0).cpu()  # Shard(0): rank r holds the rows after ranks < r
+        parts = []
+        for (tensor, index), start in zip(sharded.values(), first_row.tolist()):
+            local = tensor.to_local().detach().reshape(-1).float().cpu()
+            row = tensor.numel() // tensor.shape[0]
+            values = torch.zeros(len(index))
+            mine = (index >= start * row) & (index < start * row + local.numel())
+            values[mine] = local[index[mine] - start * row]
+            parts.append(values)
+        # Summed as int32 bits: each value comes from the one rank that holds it, exactly (-0.0 too).
+        bits = torch.cat(parts).view(torch.int32).to(device)
+        dist.all_reduce(bits)
+        flat = bits.cpu().view(torch.float32)
+        out.update(zip(sharded, flat.split([len(i) for _, i in sharded.values()])))
+    return out
