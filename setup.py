@@ -17,8 +17,9 @@ setup(
         ]
     },
     extras_require={
-        # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs; peft: LoRA's tests
-        "dev": ["pytest", "datasets", "accelerate", "peft"],
+        # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs; peft: LoRA's tests;
+        # nbclient + nbformat + ipykernel: the test that runs examples/distil_classifier.ipynb in a Jupyter kernel
+        "dev": ["pytest", "datasets", "accelerate", "peft", "nbclient", "nbformat", "ipykernel"],
         "peft": ["peft"],  # --lora_r
         "datasets": ["datasets"],
         "gguf": ["gguf", "accelerate"],

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from distillation.config_types import check_types
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES
 
@@ -200,17 +201,9 @@ class DistillConfig:
 
     # --- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_cli(cls, argv=None) -> "DistillConfig":
-        """`argv`: `--config FILE.json` first, then flags on top. Raises InputError."""
-        from distillation.cli.options import parse_train_args
-
-        values, source = parse_train_args(argv)
-        return cls.from_dict(values, source)
-
-    @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "DistillConfig":
-        from distillation.cli.options import check_types
-
+        """The config of `values` (option name -> value, None for unset), checked, resolved and
+        validated; `source` names them in errors. Raises InputError."""
         check_types(cls, values, source)
         cfg = cls(**values)
         cfg.resolve()

@@ -100,8 +100,23 @@ def fill(module: torch.nn.Module, real: Dict[str, torch.Tensor], device: torch.d
         folder = getattr(model, SOURCE)
         keys = _file_keys(folder)
         state = {k: v for k, v in model.state_dict().items() if k in keys}
-        dcp.load(state, storage_reader=HuggingFaceStorageReader(folder))
+        # Block by block: the reader maps each file while it reads, and the pages it touches count
+        # as resident until the file is closed; one read of everything would hold this rank's share
+        # of every file mapped, beside the shards it fills.
+        for group in _blocks(state):
+            dcp.load({k: state[k] for k in group}, storage_reader=HuggingFaceStorageReader(folder))
         delattr(model, SOURCE)
+
+
+def _blocks(keys) -> list:
+    """State-dict keys grouped by their block ("model.layers.3.mlp.up_proj.weight" under
+    "model.layers.3"), the keys outside any numbered block together."""
+    groups = {}
+    for key in keys:
+        parts = key.split(".")
+        block = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        groups.setdefault("" if block is None else ".".join(parts[: block + 1]), []).append(key)
+    return list(groups.values())
 
 
 def _init_buffers(model) -> None:

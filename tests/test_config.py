@@ -7,6 +7,7 @@ import re
 import pytest
 
 from distillation.cli.options import build_parser
+from distillation.cli.options import config_from_cli
 from distillation.config import OBJECTIVE_DEFAULTS, DistillConfig
 from distillation.errors import InputError
 
@@ -15,14 +16,14 @@ MLM = BASE + ["--token_counts", "c.pickle", "--teacher_name", "t"]
 
 
 def cfg_of(*argv):
-    return DistillConfig.from_cli(list(BASE) + [str(a) for a in argv])
+    return config_from_cli(list(BASE) + [str(a) for a in argv])
 
 
 def test_flags_override_the_config_file_with_the_same_names(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"alpha_clm": 2.0, "temperature": 3.0, "batch_size": 7, "objective": "clm", "teacher_name": "t",
                                 "n_gpu": 0, "local_rank": -1}))
-    cfg = DistillConfig.from_cli(["--config", str(path), "--temperature", "4", "--alpha_clm", "1.5"] + BASE)
+    cfg = config_from_cli(["--config", str(path), "--temperature", "4", "--alpha_clm", "1.5"] + BASE)
     assert (cfg.temperature, cfg.batch_size, cfg.alpha_task, cfg.alpha_clm, cfg.objective, cfg.n_gpu) == (4.0, 7, 1.5, 1.5, "clm", 0)
 
 
@@ -30,7 +31,7 @@ def test_the_reference_distilbert_command_weighs_the_mlm_loss():
     """The reference README's command: --alpha_clm 0.0 beside --alpha_mlm 2.0 (it required it)."""
     argv = ["--mlm", "--alpha_ce", "5.0", "--alpha_mlm", "2.0", "--alpha_cos", "1.0", "--alpha_clm", "0.0", "--initializer_range", "0.02"]
     for order in (argv, argv[:1] + argv[7:] + argv[1:7]):  # whatever the order of the flags
-        cfg = DistillConfig.from_cli(MLM + order)
+        cfg = config_from_cli(MLM + order)
         assert (cfg.objective, cfg.alpha_task, cfg.alpha_mlm, cfg.alpha_clm, cfg.alpha_ce, cfg.alpha_cos) == ("mlm", 2.0, 2.0, 0.0, 5.0, 1.0)
 
 
@@ -46,21 +47,21 @@ def test_the_reference_distilbert_command_weighs_the_mlm_loss():
 ])
 def test_reference_flags_that_would_mean_something_else_are_refused(argv, expect):
     with pytest.raises(InputError, match=re.escape(expect)):
-        DistillConfig.from_cli(MLM + argv)
+        config_from_cli(MLM + argv)
 
 
 def test_reference_spellings_fold_into_ours():
-    cfg = DistillConfig.from_cli(MLM + ["--mlm", "--fp16", "--fp16_opt_level", "O1", "--local_rank", "0", "--no-group_by_size"])
+    cfg = config_from_cli(MLM + ["--mlm", "--fp16", "--fp16_opt_level", "O1", "--local_rank", "0", "--no-group_by_size"])
     assert (cfg.objective, cfg.precision, cfg.group_by_size, cfg.alpha_task) == ("mlm", "fp16", False, 2.0)
     assert cfg_of("--group_by_size", "true").group_by_size and not cfg_of("--group_by_size", "false").group_by_size
     # The reference without --mlm trains a causal LM: a reference command (student/teacher type) keeps that meaning.
-    assert DistillConfig.from_cli(BASE + ["--student_type", "gpt2", "--teacher_type", "gpt2", "--teacher_name", "t"]).objective == "clm"
+    assert config_from_cli(BASE + ["--student_type", "gpt2", "--teacher_type", "gpt2", "--teacher_name", "t"]).objective == "clm"
     assert cfg_of().objective == "sequence_classification"
 
 
 def test_defaults_follow_the_objective_and_are_recorded():
     cls = cfg_of("--teacher_name", "t")
-    mlm = DistillConfig.from_cli(MLM + ["--mlm"])
+    mlm = config_from_cli(MLM + ["--mlm"])
     clm = cfg_of("--objective", "clm", "--teacher_name", "t")
     for name, values in OBJECTIVE_DEFAULTS.items():
         assert (getattr(cls, name), getattr(mlm, name), getattr(clm, name)) == values, name
@@ -78,7 +79,7 @@ def test_parameters_json_reads_back_to_the_same_run(tmp_path):
     for argv in (["--teacher_name", "t", "--precision", "bf16", "--no-group_by_size"], MLM[len(BASE):] + ["--mlm", "--alpha_mlm", "3"]):
         cfg = cfg_of(*argv)
         cfg.save(tmp_path / "p.json")
-        again = DistillConfig.from_cli(["--config", str(tmp_path / "p.json")])
+        again = config_from_cli(["--config", str(tmp_path / "p.json")])
         assert again == cfg
 
 
@@ -95,7 +96,7 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
     path = tmp_path / "c.json"
     path.write_text(json.dumps(values))
     with pytest.raises(InputError, match=re.escape(f"--config {path}: {expect}")):
-        DistillConfig.from_cli(["--config", str(path)] + BASE)
+        config_from_cli(["--config", str(path)] + BASE)
 
 
 @pytest.mark.parametrize("argv,flag", [

@@ -9,12 +9,12 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import build_distiller, first_step, make_examples, read_metrics, train_args, write_jsonl
-from distillation.config import DistillConfig
+from distillation.cli.options import config_from_cli
 from distillation.pipeline import run
 
 
 def _run(assets, dump, *extra):
-    return run(DistillConfig.from_cli(train_args(assets, dump, "--log_interval", "1", *extra)))
+    return run(config_from_cli(train_args(assets, dump, "--log_interval", "1", *extra)))
 
 
 def test_cached_teacher_logits_give_the_losses_of_recomputing(assets, tmp_path):
@@ -39,7 +39,7 @@ def test_mixed_precision_trains_on_cpu(assets, tmp_path, precision):
     train = write_jsonl(str(tmp_path / "small.jsonl"), make_examples(16, seed=3))
     losses = {}
     for name in ("fp32", precision):
-        run(DistillConfig.from_cli([
+        run(config_from_cli([
             "--student_name", assets["student"], "--data_file", train, "--dump_path", str(tmp_path / name),
             "--batch_size", "16", "--max_steps", "20", "--learning_rate", "1e-2", "--warmup_prop", "0",
             "--alpha_task", "1", "--log_interval", "1", "--precision", name,

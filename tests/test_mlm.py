@@ -233,12 +233,12 @@ def test_bad_input_is_one_line_and_exit_2(lm, tmp_path, capsys):
 EVALUATE_ONLY = """
 import json, sys
 sys.path.insert(0, {root!r})
-from distillation.config import DistillConfig
+from distillation.cli.options import config_from_cli
 from distillation.distributed import init_distributed, shutdown
 from distillation.evaluation import evaluate
 from distillation.pipeline import build
 
-cfg = DistillConfig.from_cli(sys.argv[1:])
+cfg = config_from_cli(sys.argv[1:])
 env = init_distributed()
 d, _ = build(cfg, env)
 first = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, cfg.eval_batch_size, env, d.autocast, cfg.seed)

@@ -152,7 +152,7 @@ NAN_ON_RANK_1 = textwrap.dedent(
     import torch
     from distillation import objectives
     from distillation.cli import main_guard
-    from distillation.config import DistillConfig
+    from distillation.cli.options import config_from_cli
     from distillation.pipeline import run
 
     class NanOnRank1(objectives.OBJECTIVES["sequence_classification"]):
@@ -163,7 +163,7 @@ NAN_ON_RANK_1 = textwrap.dedent(
             return loss * float("nan") if os.environ["RANK"] == "1" and NanOnRank1.calls > 3 else loss
 
     objectives.OBJECTIVES["sequence_classification"] = NanOnRank1
-    sys.exit(main_guard(lambda: run(DistillConfig.from_cli(sys.argv[1:])) and 0))
+    sys.exit(main_guard(lambda: run(config_from_cli(sys.argv[1:])) and 0))
     """
 )
 

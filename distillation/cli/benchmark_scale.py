@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, nargs="+", default=[128, 512], help="Sequence lengths (tokens per example).")
     p.add_argument("--tokens_per_step", type=int, default=1024, help="Tokens per process per step: batch = this / seq.")
     p.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up.")
+    p.add_argument("--saved_dtype", default="fp32", choices=("fp32", "bf16"), help="The dtype the models are saved in (released "
+                   "checkpoints are mostly bf16: the fp32 student is then converted when it loads).")
     p.add_argument("--loading", nargs="+", default=["sharded"], choices=("sharded", "whole"),
                    help="fsdp on several processes: read the models shard by shard (the default) and/or load them whole first "
                         "(--no-sharded_loading), to compare.")
@@ -83,7 +85,7 @@ def _main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     results = []
     for seq in args.seq:
-        paths = prepare(args.out, args.model, seq, n_examples=(args.steps + 1) * max(args.processes) * max(1, args.tokens_per_step // seq))
+        paths = prepare(args.out, args.model, seq, (args.steps + 1) * max(args.processes) * max(1, args.tokens_per_step // seq), args.saved_dtype)
         for processes in args.processes:
             for strategy in args.strategies:
                 shards = strategy == "fsdp" and processes > 1

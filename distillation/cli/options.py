@@ -1,16 +1,17 @@
 """scripts/train.py's options: the parser built from DistillConfig's fields, `--help` with every
-real default, and the `--config` JSON file checked against the same fields and types.
+real default, and the `--config` JSON file read under them (DistillConfig checks the names and
+types of both: distillation/config_types.py).
 
 The command line and the JSON file take the same names. What was not given stays None, so
 that DistillConfig.resolve() can tell a default from a choice.
 """
 
 import argparse
-import json
-import typing
 from dataclasses import fields
 
 from distillation.cli import ArgumentParser
+from distillation.config import OBJECTIVE_DEFAULTS, OBJECTIVE_NAMES, DistillConfig, read_json_object
+from distillation.config_types import base_type, check_types, unknown_option
 from distillation.errors import InputError
 from distillation.reporting import show
 
@@ -26,31 +27,9 @@ the reference distiller keep their meaning (README, "Reference flags"); defaults
 objective are listed as such. Bad input: one line on stderr, exit code 2, nothing written."""
 
 
-# Hugging Face Trainer habits: the flag people type, and ours.
-TRAINER_NAMES = {
-    "output_dir": "--dump_path", "num_train_epochs": "--n_epoch", "per_device_train_batch_size": "--batch_size",
-    "per_device_eval_batch_size": "--eval_batch_size", "warmup_ratio": "--warmup_prop", "max_grad_norm": "--max_grad_norm",
-    "logging_steps": "--log_interval (micro-batches)", "eval_steps": "--eval_interval (micro-batches)",
-    "evaluation_strategy": "--eval_file (evaluated at each epoch end) and --eval_interval", "eval_strategy": "--eval_file and --eval_interval",
-    "metric_for_best_model": "--save_best_metric", "load_best_model_at_end": "--save_best_metric (best/ is kept beside final/)",
-    "bf16": "--precision bf16", "resume_from_checkpoint": "--resume", "dataloader_num_workers": "--num_workers",
-    "model_name_or_path": "--student_name", "train_file": "--data_file", "validation_file": "--eval_file",
-    "overwrite_output_dir": "--force", "alpha": "--alpha_ce and --alpha_task",
-}
-
-
-def unknown_option(name: str, source=None) -> InputError:
-    """`name` is not an option (of a --config file `source`, or a flag); say which of ours a
-    Trainer user most likely means."""
-    name = name.lstrip("-").replace("-", "_")
-    hint = f" (the Trainer's {name} is {TRAINER_NAMES[name]} here)" if name in TRAINER_NAMES else ""
-    return InputError(f"{source}: unknown option '{name}'{hint}" if source else f"--{name}: unknown flag{hint}")
-
-
-def parse_train_args(argv=None):
-    """(values, source): the `--config` file's values with the given flags on top."""
-    from distillation.config import DistillConfig, read_json_object
-
+def config_from_cli(argv=None) -> DistillConfig:
+    """`argv`: `--config FILE.json` first, then flags on top, checked and resolved as
+    DistillConfig.from_dict does. Raises InputError."""
     args = build_parser(DistillConfig).parse_args(argv)
     values, source = {}, "arguments"
     if args.config:
@@ -58,45 +37,11 @@ def parse_train_args(argv=None):
         source = f"--config {args.config}"
         check_types(DistillConfig, values, source)
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    return values, source
-
-
-def check_types(cls, values: dict, source: str) -> None:
-    """Refuse keys that are not options and values of the wrong JSON type (a string "false" for
-    a flag would otherwise be true)."""
-    known = {f.name: f for f in fields(cls)}
-    for key, value in values.items():
-        if key not in known:
-            raise unknown_option(key, source)
-        f = known[key]
-        kind, optional = _base_type(f.type)
-        ok = (value is None and optional) or (
-            isinstance(value, bool) if kind is bool else
-            isinstance(value, int) and not isinstance(value, bool) if kind is int else
-            isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-            isinstance(value, str)
-        )
-        if not ok:
-            raise InputError(f"{source}: '{key}' must be {_TYPE_NAMES[kind]}{' or null' if optional else ''} (got {json.dumps(value)})")
-        if "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:
-            raise InputError(f"{source}: '{key}' must be one of {', '.join(f.metadata['choices'])} (got {json.dumps(value)})")
-
-
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _base_type(annotation):
-    """(int|float|str|bool, optional?) of a field's annotation."""
-    args = typing.get_args(annotation)
-    if type(None) in args:
-        return next(a for a in args if a is not type(None)), True
-    return annotation, False
+    return DistillConfig.from_dict(values, source)
 
 
 def default_text(f) -> str:
     """What --help prints as a field's default."""
-    from distillation.config import OBJECTIVE_DEFAULTS, OBJECTIVE_NAMES
-
     if "shown" in f.metadata:
         return f.metadata["shown"]
     if f.name in OBJECTIVE_DEFAULTS:
@@ -140,7 +85,7 @@ def build_parser(cls) -> argparse.ArgumentParser:
     groups = {key: parser.add_argument_group(title) for key, title in SECTIONS.items()}
     for f in fields(cls):
         help_text = f"{f.metadata['help']} (default: {default_text(f)})".replace("%", "%%")
-        kind, _ = _base_type(f.type)
+        kind, _ = base_type(f.type)
         names = [f"--{f.name}"] + (["--local-rank"] if f.name == "local_rank" else [])
         kw = {"help": help_text, "default": None, "dest": f.name}
         if f.name == "group_by_size":

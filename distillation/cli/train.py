@@ -6,12 +6,12 @@ described by `--help`; DESIGN §5 is the contract. Bad input: one line on stderr
 
 
 from distillation.cli import command
-from distillation.config import DistillConfig
+from distillation.cli.options import config_from_cli
 from distillation.pipeline import run
 
 
 def _main(argv=None):
-    summary = run(DistillConfig.from_cli(argv))
+    summary = run(config_from_cli(argv))
     if summary.get("interrupted"):
         return 130
 

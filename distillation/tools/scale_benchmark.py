@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distillation.models import TORCH_DTYPES
 from distillation.tools.benchmark import ROOT, matmul_peak
 
 def _bert(seq):
@@ -76,17 +77,19 @@ def _tokenizer(folder: str, model: str, vocab: int, special: list):
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
-def prepare(out: str, model: str, seq: int, n_examples: int) -> dict:
-    """Save teacher, student, tokenizer and data once under `out/model`; returns their paths."""
+def prepare(out: str, model: str, seq: int, n_examples: int, saved_dtype: str = "fp32") -> dict:
+    """Save teacher, student (their weights in `saved_dtype`: released checkpoints are mostly bf16),
+    tokenizer and data once under `out/model[-bf16]`; returns their paths."""
     objective, vocab, special, make, _ = MODELS[model]
-    root = os.path.join(out, model)
+    root = os.path.join(out, model if saved_dtype == "fp32" else f"{model}-{saved_dtype}")
     paths = {name: os.path.join(root, name) for name in ("teacher", "student")}
+    paths["saved_dtype"] = saved_dtype
     paths["data"], paths["counts"] = os.path.join(root, f"data-{seq}.pickle"), os.path.join(root, f"counts-{seq}.pickle")
     if not all(os.path.isdir(paths[name]) for name in ("teacher", "student")):
         tokenizer = _tokenizer(os.path.join(root, "tokenizer"), model, vocab, special)
         torch.manual_seed(0)
         for name, built in zip(("teacher", "student"), make(seq)):
-            built.save_pretrained(paths[name])
+            built.to(TORCH_DTYPES[saved_dtype]).save_pretrained(paths[name])
             tokenizer.save_pretrained(paths[name])
             del built
     if not os.path.isfile(paths["data"]):
@@ -106,7 +109,8 @@ def run_config(paths: dict, out: str, model: str, strategy: str, processes: int,
     """One configuration under torchrun; the per-rank results merged."""
     objective, _, _, _, alphas = MODELS[model]
     loading = "sharded" if strategy == "fsdp" and processes > 1 and sharded_loading else "whole"
-    name = f"{model}-{strategy}-{processes}p-seq{seq}" + ("-whole" if strategy == "fsdp" and processes > 1 and loading == "whole" else "")
+    name = (f"{model}-{strategy}-{processes}p-seq{seq}" + ("-whole" if strategy == "fsdp" and processes > 1 and loading == "whole" else "")
+            + ("" if paths["saved_dtype"] == "fp32" else f"-{paths['saved_dtype']}-files"))
     mlm = {"token_counts": paths["counts"]} if objective == "mlm" else {}
     spec = {"config": {"objective": objective, "teacher_name": paths["teacher"], "student_name": paths["student"],
                        "data_file": paths["data"], "dump_path": os.path.join(out, name), "max_seq_length": seq,
@@ -124,7 +128,7 @@ def run_config(paths: dict, out: str, model: str, strategy: str, processes: int,
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
     if code != 0:
         return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq, "loading": loading,
-                "failed": f"exit {code}, see {log.name}"}
+                "files": paths["saved_dtype"], "failed": f"exit {code}, see {log.name}"}
     ranks = []
     for rank in range(processes):
         with open(spec["result"].format(rank=rank)) as f:
@@ -133,7 +137,7 @@ def run_config(paths: dict, out: str, model: str, strategy: str, processes: int,
     merged.update({k: sum(r[k] for r in ranks) / processes for k in ("tokens_per_s", "teacher_share", "mfu", "peak_tflop_per_s")})
     merged["student_state_mb"] = merged["params_mb"] + merged["grads_mb"] + merged["optimizer_mb"]
     return {"name": name, "model": model, "strategy": strategy, "processes": processes, "seq": seq, "loading": loading,
-            "batch_size": batch_size, **merged,
+            "files": paths["saved_dtype"], "batch_size": batch_size, **merged,
             "flops_per_token": ranks[0]["flops_per_token"]}
 
 
@@ -206,9 +210,11 @@ def rank_main(spec_file: str) -> None:
 
 def format_table(results: list, meta: dict) -> str:
     lines = ["| model | strategy | processes | seq | loading | params MB | grads MB | AdamW MB | student state MB | loading peak RSS MB "
-             "| peak RSS MB | tokens/s per process | teacher share | MFU |", "|---|---|---:|---:|---|" + "---:|" * 10]
+             "| peak RSS MB | tokens/s per process | teacher share | MFU |", "|---|---|---:|---:|---|" + "---:|" * 9]
     for r in results:
-        head = f"| {r['model']} | {r['strategy']} | {r['processes']} | {r['seq']} | {r.get('loading', 'whole')} |"
+        files = r.get("files", "fp32")
+        head = (f"| {r['model']}{'' if files == 'fp32' else f' ({files} files)'} | {r['strategy']} | {r['processes']} | {r['seq']} | "
+                f"{r.get('loading', 'whole')} |")
         if "failed" in r:
             lines.append(f"{head} failed: {r['failed']} |")
             continue

@@ -1,0 +1,141 @@
+"""`distil(...)`: the run scripts/train.py makes, from Python, over models and data in memory too.
+
+    from distillation import distil
+    result = distil(teacher=fine_tuned, student=half_depth, train_data=rows, eval_data=held_out,
+                    objective="sequence_classification", tokenizer=tokenizer, dump_path="runs/nb", n_epoch=3)
+    result.summary["eval_accuracy"], result.student, result.tokenizer
+
+- `teacher` / `student`: a hub name, a folder, or a `PreTrainedModel` (the student object is
+  trained: its weights are the run's `final/` ones when `distil` returns). `teacher=None`
+  trains the student on the labels alone, as a run without --teacher_name does.
+- `train_data` / `eval_data`: a path (as --data_file / --eval_file), a `datasets.Dataset` or a
+  list of dicts; the column options (--text_column, --label_column...) read them as from a file.
+- `options`: scripts/train.py's flags, by the same names, with the same defaults and checks: a
+  wrong name, type or value raises InputError with the message the command line prints.
+
+In-memory models, tokenizer and data are written to a temporary folder (save_pretrained, jsonl)
+and the run reads them from there, so a run from Python and one from the command line are the
+same run: the same checks, checkpoints, resume fingerprint and folders. The temporary folder is
+removed when `distil` returns. Nothing is left behind in the process between calls (no process
+group, no signal handler). Ctrl-C (a notebook's interrupt) stops at the end of the current step
+with a checkpoint: call `distil` again with `resume=True` to continue.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import transformers
+
+from distillation.config import DistillConfig
+from distillation.errors import InputError
+
+SOURCE = "distil()"  # how errors name the options given here
+ROLES = {"teacher": "teacher_name", "student": "student_name", "train_data": "data_file", "eval_data": "eval_file",
+         "tokenizer": "tokenizer_name"}
+
+
+@dataclass
+class DistilResult:
+    summary: dict  # summary.json: metrics of the last evaluation, best/ and final/ folders, time, speed
+    student: Any  # the trained student (the object given, trained in place, or the one loaded from final/)
+    tokenizer: Any
+
+
+def distil(teacher=None, student=None, train_data=None, eval_data=None, objective: Optional[str] = None, tokenizer=None,
+           **options) -> DistilResult:
+    """Distil `teacher` into `student` on `train_data` (see the module docstring); returns the
+    run's summary, the trained student and the tokenizer. Raises InputError on bad input, with
+    nothing written."""
+    given = {flag: options[flag] for flag in ROLES.values() if flag in options}
+    if given:
+        role = next(r for r, f in ROLES.items() if f in given)
+        raise InputError(f"{SOURCE}: give {role}= rather than {next(iter(given))}=")
+    with tempfile.TemporaryDirectory(prefix="distil-") as staging:
+        tok = tokenizer if tokenizer is None or isinstance(tokenizer, str) else _save(tokenizer, os.path.join(staging, "tokenizer"))
+        values = {"objective": objective, "teacher_name": _model(teacher, "teacher", staging, tokenizer),
+                  "student_name": _model(student, "student", staging, tokenizer), "tokenizer_name": tok,
+                  "data_file": _data(train_data, "train_data", staging), "eval_file": _data(eval_data, "eval_data", staging),
+                  **options}
+        cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
+        from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
+
+        with _quiet_transformers():
+            summary = run(cfg)
+            trained, loaded_tokenizer = _trained_student(cfg, summary, student)
+    if summary.get("interrupted"):
+        print(f"{SOURCE}: interrupted after step {summary['step']}; the same call with resume=True continues from "
+              f"{os.path.join(cfg.dump_path, 'checkpoint')}")
+    return DistilResult(summary, trained, tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else loaded_tokenizer)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """The run's own bar and lines only, as on the command line: transformers' loading bars and
+    warnings off while it runs, the caller's settings back afterwards."""
+    logging = transformers.utils.logging
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _model(model, role: str, staging: str, tokenizer) -> Optional[str]:
+    """A name or folder as given; an in-memory model saved (with the tokenizer) and its folder."""
+    if model is None or isinstance(model, str):
+        return model
+    if not hasattr(model, "save_pretrained"):
+        raise InputError(f"{SOURCE}: {role}= must be a name, a folder or a transformers PreTrainedModel (got {type(model).__name__})")
+    folder = _save(model, os.path.join(staging, role))
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _save(obj, folder: str) -> str:
+    obj.save_pretrained(folder)
+    return folder
+
+
+def _data(data, role: str, staging: str) -> Optional[str]:
+    """A path as given; a datasets.Dataset or a list of dicts written as jsonl, and its path."""
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return None if data is None else os.fspath(data)
+    rows = data.to_list() if hasattr(data, "to_list") else data
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise InputError(f"{SOURCE}: {role}= must be a path, a datasets.Dataset or a list of dicts (got {type(data).__name__})")
+    path = os.path.join(staging, f"{role}.jsonl")
+    with open(path, "w") as f:
+        for i, row in enumerate(rows):
+            try:
+                f.write(json.dumps(row) + "\n")
+            except TypeError as err:
+                raise InputError(f"{SOURCE}: {role}= row {i}: {err}") from None
+    return path
+
+
+def _trained_student(cfg, summary, student):
+    """(the student with final/'s weights, final/'s tokenizer); the student as it was when the run
+    stopped before final/ (interrupted: its checkpoint resumes it)."""
+    from transformers import AutoTokenizer
+
+    from distillation.objectives import OBJECTIVES
+
+    if not summary.get("final"):
+        return student, None
+    trained = OBJECTIVES[cfg.objective].auto_model_class.from_pretrained(summary["final"])
+    tokenizer = AutoTokenizer.from_pretrained(summary["final"])
+    if student is None or isinstance(student, str):
+        return trained, tokenizer
+    student.load_state_dict(trained.state_dict())  # in place: the caller's object is the trained student
+    student.config.id2label, student.config.label2id = trained.config.id2label, trained.config.label2id  # the data's label names
+    return student, tokenizer
+

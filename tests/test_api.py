@@ -1,0 +1,115 @@
+"""`distil(...)` from Python (distillation/api.py): the same runs as scripts/train.py, over models
+and data in memory, with the command line's errors raised as InputError."""
+
+import copy
+import json
+import os
+import signal
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import read_metrics, train_args, train_in_process
+from lm_helpers import single_thread  # noqa: F401 - a fixture
+from distillation import InputError, distil
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_calls_in_one_process_equal_two_command_line_runs(assets, tmp_path):
+    """In-memory teacher, student, tokenizer and rows; two calls (seeds 0 and 1) in one process:
+    each call's metrics at every log line and its final weights equal those of scripts/train.py
+    run in this process with the same flags on the files; the student object is trained in place."""
+    teacher = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
+    tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
+    train, test = _rows(assets["train"]), _rows(assets["test"])
+    for seed in (0, 1):
+        student = AutoModelForSequenceClassification.from_pretrained(assets["student"])
+        before = copy.deepcopy(student.state_dict())
+        result = distil(teacher=teacher, student=student, train_data=train, eval_data=test, tokenizer=tokenizer,
+                        objective="sequence_classification", dump_path=str(tmp_path / f"api{seed}"), n_epoch=1, batch_size=16,
+                        learning_rate=1e-3, seed=seed, log_interval=1)
+        assert train_in_process(train_args(assets, tmp_path / f"cli{seed}", "--seed", seed, "--log_interval", 1)) == 0
+        api, cli = _without_timings(tmp_path / f"api{seed}"), _without_timings(tmp_path / f"cli{seed}")
+        assert len(api) > 3 and api == cli
+        assert result.student is student
+        cli_student = AutoModelForSequenceClassification.from_pretrained(tmp_path / f"cli{seed}" / "final")
+        for key, value in cli_student.state_dict().items():
+            assert torch.equal(student.state_dict()[key], value), key
+        assert not torch.equal(student.state_dict()["classifier.weight"], before["classifier.weight"])
+        assert result.summary["final"] == str(tmp_path / f"api{seed}" / "final") and "eval_accuracy" in result.summary
+        assert result.tokenizer is tokenizer
+    assert read_metrics(tmp_path / "api0")[-1] != read_metrics(tmp_path / "api1")[-1]  # the second call did its own run
+
+
+def _without_timings(dump):
+    drop = ("examples_per_s", "tokens_per_s", "wall_time_s", "elapsed_s", "memory_mb")
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(dump)]
+
+
+def test_a_datasets_dataset_trains_as_its_rows(assets, tmp_path):
+    import datasets
+
+    rows = _rows(assets["train"])
+    for name, data in (("rows", rows), ("dataset", datasets.Dataset.from_list(rows))):
+        distil(teacher=assets["teacher"], student=assets["student"], train_data=data, objective="sequence_classification",
+               dump_path=str(tmp_path / name), n_epoch=1, batch_size=16, log_interval=1)
+    assert len(_without_timings(tmp_path / "rows")) > 3
+    assert _without_timings(tmp_path / "rows") == _without_timings(tmp_path / "dataset")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_sise": 16}, "distil(): unknown option 'batch_sise'"),
+    ({"output_dir": "x"}, "distil(): unknown option 'output_dir' (the Trainer's output_dir is --dump_path here)"),
+    ({"batch_size": "16"}, "distil(): 'batch_size' must be an integer or null (got \"16\")"),
+    ({"strategy": "zero3"}, "distil(): 'strategy' must be one of ddp, fsdp (got \"zero3\")"),
+    ({"label_column": "sentiment"}, "--data_file: "),
+    ({"data_file": "x.jsonl"}, "distil(): give train_data= rather than data_file="),
+])
+def test_bad_options_raise_the_command_line_message_and_write_nothing(assets, tmp_path, capsys, options, message):
+    dump = tmp_path / "run"
+    values = {"teacher": assets["teacher"], "student": assets["student"], "train_data": _rows(assets["train"]),
+              "objective": "sequence_classification", "dump_path": str(dump), **options}
+    with pytest.raises(InputError) as err:
+        distil(**values)
+    assert str(err.value).startswith(message), str(err.value)
+    assert not os.path.exists(dump)
+    if "label_column" in options:  # the command line's line for the same rows in a file
+        capsys.readouterr()
+        assert train_in_process(train_args(assets, dump, "--label_column", "sentiment")) == 2
+        cli = capsys.readouterr().err.strip().removeprefix("error: ")
+        assert cli.replace(assets["train"], "<file>") == str(err.value).replace(str(err.value).split("'")[1], "<file>"), cli
+
+
+def test_an_interrupt_leaves_a_checkpoint_that_resume_true_continues(assets, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a notebook is SIGINT: the run stops after the current step with a checkpoint and
+    says how to continue; `resume=True` then ends at the unbroken run's weights."""
+    from distillation.distiller import Distiller
+
+    step, calls = Distiller._step, []
+
+    def interrupted_at_step_2(self, group):
+        values = step(self, group)
+        calls.append(self.cfg.resume)
+        if calls == [False, False]:
+            signal.raise_signal(signal.SIGINT)
+        return values
+
+    monkeypatch.setattr(Distiller, "_step", interrupted_at_step_2)
+    run = {"teacher": assets["teacher"], "student": assets["student"], "train_data": _rows(assets["train"]),
+           "objective": "sequence_classification", "n_epoch": 1, "batch_size": 16, "learning_rate": 1e-3}
+    first = distil(**run, dump_path=str(tmp_path / "run"))
+    assert first.summary["interrupted"] and first.summary["step"] == 2 and first.summary["final"] is None
+    assert "distil(): interrupted after step 2; the same call with resume=True continues" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "run" / "checkpoint" / "complete.json")
+    resumed = distil(**run, dump_path=str(tmp_path / "run"), resume=True)
+    unbroken = distil(**run, dump_path=str(tmp_path / "unbroken"))
+    assert resumed.summary["step"] == unbroken.summary["step"] == 6 and not resumed.summary["interrupted"]
+    for key, value in unbroken.student.state_dict().items():
+        assert torch.equal(resumed.student.state_dict()[key], value), key
