@@ -41,10 +41,11 @@ SETTINGS = ("batch_size", "learning_rate", "warmup_prop", "weight_decay", "max_g
             "precision", "temperature", "divergence", "divergence_beta", "alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse",
             "alpha_cos", "layer_map", "max_seq_length", "prompt_template", "text_column", "text_pair_column", "label_column",
             "label_names", "validation_split", "restrict_ce_to_mask", "mlm_mask_prop", "word_mask", "word_keep", "word_rand",
-            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds", "teacher_dtype",
+            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds", "teacher_dtype", "unlabelled_ok",
             "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 # Fingerprint keys computed from the run -> the flags that set them (objective and shapes have their own lines).
-DERIVED = {"teacher": "--teacher_name/--teacher_logits", "data": "--data_file",
+# (--unlabelled_file before --data_file, whose count includes its rows: the one that changed is named)
+DERIVED = {"teacher": "--teacher_name/--teacher_logits", "unlabelled_data": "--unlabelled_file", "data": "--data_file",
            "token_ids": "tokenizer (--tokenizer_name/--student_name and its chat template)", "eval_data": "--eval_file",
            "token_counts": "--token_counts", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
            "total_steps": "--n_epoch/--max_steps"}
@@ -82,6 +83,7 @@ def inputs_fingerprint(cfg, train_dataset, eval_dataset, teacher) -> Dict:
     tokenised example, the evaluation data, the token counts and the teacher (`teacher.identity`)."""
     return {
         "teacher": teacher.identity,
+        "unlabelled_data": data_fingerprint(cfg.unlabelled_file, None) if cfg.unlabelled_file else None,
         "data": data_fingerprint(cfg.data_file, len(train_dataset)),
         "token_ids": digests_sha256(example_digests(train_dataset)),
         "eval_data": data_fingerprint(cfg.eval_file, len(eval_dataset)) if cfg.eval_file else None,

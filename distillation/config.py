@@ -74,6 +74,10 @@ class DistillConfig:
     text_column: str = _opt("text", "Column holding the text (classification).", "data")
     text_pair_column: Optional[str] = _opt(None, "Column holding the second text of a pair (classification).", "data", shown="none: single texts")
     label_column: str = _opt("label", "Column holding the label, an integer id or a string name (classification).", "data")
+    unlabelled_ok: bool = _opt(False, "Classification: rows of --data_file without a label (column absent or null) train on the "
+                               "teacher's soft targets only; without it a missing label is an error.", "data")
+    unlabelled_file: Optional[str] = _opt(None, "Classification: more training texts (--text_column; any label ignored) that train on the "
+                                          "teacher's soft targets only.", "data", shown="none")
     label_names: Optional[str] = _opt(None, "Names of the labels in id order, e.g. negative,positive (classification): they go into the "
                                       "student's id2label; string labels in the data must be among them.", "data",
                                       shown="the teacher's label names, else the data's string labels sorted, else none")
@@ -347,6 +351,12 @@ class DistillConfig:
             need(0 <= value <= 1, f"--{name} must be in [0, 1] (got {value})")
         need(0 <= self.validation_split < 1, f"--validation_split must be in [0, 1) (got {self.validation_split})")
         need(not (self.validation_split and self.eval_file), "give --eval_file or --validation_split, not both")
+        if self.unlabelled_ok or self.unlabelled_file:
+            flag = "--unlabelled_ok" if self.unlabelled_ok else f"--unlabelled_file {self.unlabelled_file}"
+            need(self.objective == "sequence_classification", f"{flag}: only for --objective sequence_classification")
+            need(bool(self.teacher_name or self.teacher_logits) and self.alpha_ce + self.alpha_mse > 0,
+                 f"{flag}: rows without labels learn only from the teacher: give --teacher_name and --alpha_ce > 0")
+            need(not self.validation_split, f"--validation_split: with {flag} give an --eval_file (held-out rows need labels)")
         if self.fp16:
             need(self.fp16_opt_level == "O1", f"--fp16_opt_level {self.fp16_opt_level}: torch.amp's fp16 autocast is apex's O1 "
                  "(fp32 weights, fp16 where safe); O0 is plain fp32 (drop --fp16), O2/O3 have no torch.amp counterpart")

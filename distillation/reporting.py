@@ -129,9 +129,12 @@ def run_header(d, fresh_weights) -> list:
         student += f", LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g}: {millions(trained)} parameters trained"
     evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size
+    n_unlabelled = getattr(d.train_dataset, "unlabelled", 0)
+    unlabelled = (f"{' + ' + cfg.unlabelled_file if cfg.unlabelled_file else ''}: {len(d.train_dataset) - n_unlabelled:,} labelled, "
+                  f"{n_unlabelled:,} unlabelled, on the teacher's soft targets only") if n_unlabelled else ""
     lines = [
         f"{cfg.objective}: {teacher} -> {student}",
-        f"data: {len(d.train_dataset):,} training examples ({cfg.data_file}), {evaluation}; max_seq_length {cfg.max_seq_length}",
+        f"data: {len(d.train_dataset):,} training examples ({cfg.data_file}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
         f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
         f"accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "

@@ -4,7 +4,8 @@ Tokenising every example once, unpadded, keeps tokenisation off the training loo
 are padded to their own longest example at collate time (dynamic padding).
 
 Labels are integer ids or label names, one kind per column (digit strings, as CSV writes ids,
-are ids). Names map to ids through the fixed mapping when there is one (--label_names, else
+are ids). A row without a label (column absent or null) is refused unless the run takes
+unlabelled rows (--unlabelled_ok): its label is then UNLABELLED, which the task loss skips. Names map to ids through the fixed mapping when there is one (--label_names, else
 the teacher's named labels), else through their sorted set. Every bad row is refused with its
 line and value: a missing or null text or label, a float or boolean label, a name among ids,
 an id outside the known number of labels.
@@ -18,6 +19,8 @@ from torch.utils.data import Dataset
 from distillation.data.records import Records, read_records
 from distillation.errors import InputError
 
+UNLABELLED = -100  # the label of a row without one: cross-entropy's ignore_index
+
 
 class TextClassificationDataset(Dataset):
     """Tokenised examples. `label2id` is None when the labels are unnamed integer ids."""
@@ -28,6 +31,12 @@ class TextClassificationDataset(Dataset):
         self.label2id = label2id
         self.num_labels = num_labels
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
+        self.unlabelled = sum(label == UNLABELLED for label in labels)
+
+    def extended(self, other: "TextClassificationDataset") -> "TextClassificationDataset":
+        """This data followed by `other`'s rows (unlabelled texts: --unlabelled_file)."""
+        encodings = {k: v + other.encodings[k] for k, v in self.encodings.items()}
+        return TextClassificationDataset(encodings, self.labels + other.labels, self.label2id, self.num_labels)
 
     def __len__(self):
         return len(self.labels)
@@ -47,25 +56,37 @@ class LabelSpace:
         self.label2id, self.num_labels, self.source = label2id, num_labels, source
 
 
-def load_text_classification(path: str, flag: str, tokenizer, text_column: str, label_column: str, max_seq_length: int,
-                             text_pair_column: Optional[str], space: LabelSpace) -> TextClassificationDataset:
-    """Read `path`, check every row, tokenise. The labels must fit `space`."""
+def load_text_classification(path: str, flag: str, tokenizer, text_column: str, label_column: Optional[str], max_seq_length: int,
+                             text_pair_column: Optional[str], space: LabelSpace, unlabelled_ok: bool = False) -> TextClassificationDataset:
+    """Read `path`, check every row, tokenise. The labels must fit `space`; `label_column` None:
+    texts only, every row unlabelled."""
     records = read_records(path, flag)
     texts = [records.column(i, text_column, "--text_column") for i in range(len(records))]
     pairs = [records.column(i, text_pair_column, "--text_pair_column") for i in range(len(records))] if text_pair_column else None
-    labels, label2id, num_labels = _label_ids(records, label_column, space)
+    if label_column is None:
+        labels, label2id, num_labels = [UNLABELLED] * len(records), space.label2id, space.num_labels
+    else:
+        labels, label2id, num_labels = _label_ids(records, label_column, space, unlabelled_ok)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_seq_length)
     keep = [k for k in ("input_ids", "token_type_ids") if k in enc]
     return TextClassificationDataset({k: enc[k] for k in keep}, labels, label2id, num_labels)
 
 
-def _label_ids(records: Records, column: str, space: LabelSpace):
-    """(ids, label2id or None, num_labels) of every record's label."""
-    values = [records.column(i, column, "--label_column", kinds=(int, str)) for i in range(len(records))]
+def _label_ids(records: Records, column: str, space: LabelSpace, unlabelled_ok: bool):
+    """(ids, label2id or None, num_labels) of every record's label (UNLABELLED where a row has
+    none and `unlabelled_ok`)."""
+    values = [None if unlabelled_ok and records[i].get(column) is None else records.column(i, column, "--label_column", kinds=(int, str))
+              for i in range(len(records))]
     values = [int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v for v in values]  # CSV writes ids as text
     ids = [isinstance(v, int) for v in values]
-    as_ids = sum(ids) * 2 >= len(ids)  # the column's kind is its majority's: the odd rows are the bad ones
+    labelled = [v is not None for v in values]
+    if not any(labelled):
+        raise InputError(f"{records.flag}: '{records.path}' has no labelled row (--label_column '{column}'): give labelled rows "
+                         "(--unlabelled_file takes texts without labels)")
+    as_ids = sum(ids) * 2 >= sum(labelled)  # the column's kind is its majority's: the odd rows are the bad ones
     for i, (value, is_id) in enumerate(zip(values, ids)):
+        if value is None:
+            continue
         if is_id != as_ids:
             kind, others = ("an integer id", "label names") if is_id else ("a label name", "integer ids")
             raise records.error(i, f"label {_quote(value)} is {kind}, but the column holds {others} (--label_column '{column}': "
@@ -79,13 +100,13 @@ def _label_ids(records: Records, column: str, space: LabelSpace):
             raise records.error(i, f"label {_quote(value)} is not one of the labels {sorted(space.label2id)} of {space.source} "
                                    f"(--label_column '{column}')")
     if as_ids:
-        num_labels = space.num_labels or (len(space.label2id) if space.label2id else max(values) + 1)
-        return values, space.label2id, num_labels
-    label2id = space.label2id or {name: i for i, name in enumerate(sorted(set(values)))}
+        num_labels = space.num_labels or (len(space.label2id) if space.label2id else max(v for v in values if v is not None) + 1)
+        return [UNLABELLED if v is None else v for v in values], space.label2id, num_labels
+    label2id = space.label2id or {name: i for i, name in enumerate(sorted({v for v in values if v is not None}))}
     if space.num_labels is not None and len(label2id) > space.num_labels:
         raise InputError(f"{records.flag}: '{records.path}' has {len(label2id)} label names {sorted(label2id)}, more than the "
                          f"{space.num_labels} labels of {space.source} (--label_column '{column}')")
-    return [label2id[v] for v in values], label2id, space.num_labels or len(label2id)
+    return [UNLABELLED if v is None else label2id[v] for v in values], label2id, space.num_labels or len(label2id)
 
 
 def _quote(value) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from distillation.data.text_classification import LabelSpace, collate_classification, load_text_classification
+from distillation.data.text_classification import UNLABELLED, LabelSpace, collate_classification, load_text_classification
 from distillation.errors import InputError
 from distillation.losses import cross_entropy_sum
 from distillation.objectives.base import Objective
@@ -35,13 +35,19 @@ class SequenceClassification(Objective):
         self.space = _label_space(cfg.label_name_list, teacher_config)
 
     def load_dataset(self, path, flag):
-        ds = load_text_classification(
-            path, flag, self.tokenizer, self.cfg.text_column, self.cfg.label_column,
-            self.cfg.max_seq_length, self.cfg.text_pair_column, self.space,
-        )
+        """--data_file (with --unlabelled_ok its rows may lack labels; --unlabelled_file's texts
+        follow it) or held-out data, which must be labelled."""
+        training = flag == "--data_file"
+        ds = self._read(path, flag, self.cfg.label_column, training and self.cfg.unlabelled_ok)
         # The evaluation data must use the training data's labels.
         self.space = LabelSpace(ds.label2id, ds.num_labels, f"the training data '{path}'" if not self.space.source else self.space.source)
+        if training and self.cfg.unlabelled_file:
+            ds = ds.extended(self._read(self.cfg.unlabelled_file, "--unlabelled_file", None, True))
         return ds
+
+    def _read(self, path, flag, label_column, unlabelled_ok):
+        return load_text_classification(path, flag, self.tokenizer, self.cfg.text_column, label_column, self.cfg.max_seq_length,
+                                        self.cfg.text_pair_column, self.space, unlabelled_ok)
 
     def collate(self, examples):
         return collate_classification(examples, self.tokenizer.pad_token_id or 0)
@@ -68,10 +74,11 @@ class SequenceClassification(Objective):
 
     def counts(self, batch):
         n = batch["labels"].new_tensor(batch["labels"].shape[0])
-        return {"task": n, "rows": n, "tokens": batch["attention_mask"].sum()}
+        # The task loss is a mean over labelled rows only: an unlabelled row (UNLABELLED) adds 0 to it.
+        return {"task": (batch["labels"] != UNLABELLED).sum(), "rows": n, "tokens": batch["attention_mask"].sum()}
 
     def task_loss(self, student_logits, batch):
-        return cross_entropy_sum(student_logits, batch["labels"])
+        return cross_entropy_sum(student_logits, batch["labels"], ignore_index=UNLABELLED)
 
     def distill_rows(self, student_logits, teacher_logits, batch):
         return student_logits, teacher_logits  # [B, num_labels]: one row per example
