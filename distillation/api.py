@@ -54,21 +54,30 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
     if given:
         role = next(r for r, f in ROLES.items() if f in given)
         raise InputError(f"{SOURCE}: give {role}= rather than {next(iter(given))}=")
-    with tempfile.TemporaryDirectory(prefix="distil-") as staging:
+    in_memory = [role for role, model in (("teacher", teacher), ("student", student)) if model is not None and not isinstance(model, str)]
+    for role, model in (("teacher", teacher), ("student", student)):
+        if role in in_memory and not isinstance(model, transformers.PreTrainedModel):
+            raise InputError(f"{SOURCE}: {role}= must be a name, a folder or a transformers PreTrainedModel (got {type(model).__name__})")
+    if in_memory and tokenizer is None:
+        raise InputError(f"{SOURCE}: give tokenizer= with an in-memory {in_memory[0]} (it is saved beside the model for the run)")
+    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    with tempfile.TemporaryDirectory(prefix="distil-") as staging, _quiet_transformers():
         tok = tokenizer if tokenizer is None or isinstance(tokenizer, str) else _save(tokenizer, os.path.join(staging, "tokenizer"))
         values = {"objective": objective, "teacher_name": _model(teacher, "teacher", staging, tokenizer),
                   "student_name": _model(student, "student", staging, tokenizer), "tokenizer_name": tok,
                   "data_file": _data(train_data, "train_data", staging), "eval_file": _data(eval_data, "eval_data", staging),
                   **options}
-        cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
-        from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
+        try:
+            cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
+            from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
 
-        with _quiet_transformers():
             summary = run(cfg)
-            trained, loaded_tokenizer = _trained_student(cfg, summary, student)
+        except InputError as err:  # the staged copies are gone when the caller reads this: name what they hold
+            raise InputError(_staged_names(str(err), staging)) from None
+        trained, loaded_tokenizer = _trained_student(cfg, summary, student)
     if summary.get("interrupted"):
-        print(f"{SOURCE}: interrupted after step {summary['step']}; the same call with resume=True continues from "
-              f"{os.path.join(cfg.dump_path, 'checkpoint')}")
+        print(f"{SOURCE}: interrupted after step {summary['step']}: result.student is the student as it was given; the "
+              f"trained weights are in {os.path.join(cfg.dump_path, 'checkpoint')}, which the same call with resume=True continues")
     return DistilResult(summary, trained, tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else loaded_tokenizer)
 
 
@@ -88,12 +97,18 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
+def _staged_names(message: str, staging: str) -> str:
+    """`message` with the temporary copies named by what the caller passed: "train_data= (as jsonl)"."""
+    for role in ("train_data", "eval_data", "teacher", "student", "tokenizer"):
+        message = message.replace(f"'{os.path.join(staging, role + '.jsonl')}'", f"{role}= (as jsonl)")
+        message = message.replace(f"'{os.path.join(staging, role)}'", f"{role}= (saved)")
+    return message
+
+
 def _model(model, role: str, staging: str, tokenizer) -> Optional[str]:
     """A name or folder as given; an in-memory model saved (with the tokenizer) and its folder."""
     if model is None or isinstance(model, str):
         return model
-    if not hasattr(model, "save_pretrained"):
-        raise InputError(f"{SOURCE}: {role}= must be a name, a folder or a transformers PreTrainedModel (got {type(model).__name__})")
     folder = _save(model, os.path.join(staging, role))
     if tokenizer is not None and not isinstance(tokenizer, str):
         tokenizer.save_pretrained(folder)
@@ -118,7 +133,7 @@ def _data(data, role: str, staging: str) -> Optional[str]:
             try:
                 f.write(json.dumps(row) + "\n")
             except TypeError as err:
-                raise InputError(f"{SOURCE}: {role}= row {i}: {err}") from None
+                raise InputError(f"{SOURCE}: {role}= row {i + 1} (line {i + 1} as jsonl): {err}") from None
     return path
 
 

@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import shutil
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -111,7 +112,9 @@ def save_checkpoint(dump_path: str, model, optimizer, trainer_state: Dict, env) 
         os.makedirs(tmp)
     barrier(env)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
+    with warnings.catch_warnings():  # one process is meant: DCP warns that no process group exists
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
     barrier(env)  # every rank's shards are on disk
     if env.is_main:
         torch.save(trainer_state, os.path.join(tmp, TRAINER))
@@ -148,7 +151,9 @@ def load_checkpoint(dump_path: str, model, optimizer, expected: Dict) -> Dict:
     model_state, optimizer_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optimizer_state}
     try:
-        dcp.load(shards, checkpoint_id=folder)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(shards, checkpoint_id=folder)
     except Exception as err:  # DCP wraps every rank's failure in CheckpointException
         raise InputError(f"--resume: cannot read the shards of '{folder}' ({type(err).__name__}: {str(err)[:200]})") from None
     set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])

@@ -45,9 +45,9 @@ def check_types(cls, values: dict, source: str) -> None:
             isinstance(value, str)
         )
         if not ok:
-            raise InputError(f"{source}: '{key}' must be {_TYPE_NAMES[kind]}{' or null' if optional else ''} (got {json.dumps(value)})")
+            raise InputError(f"{source}: '{key}' must be {_TYPE_NAMES[kind]}{' or null' if optional else ''} (got {json.dumps(value, default=repr)})")
         if "choices" in f.metadata and value is not None and value not in f.metadata["choices"]:
-            raise InputError(f"{source}: '{key}' must be one of {', '.join(f.metadata['choices'])} (got {json.dumps(value)})")
+            raise InputError(f"{source}: '{key}' must be one of {', '.join(f.metadata['choices'])} (got {json.dumps(value, default=repr)})")
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

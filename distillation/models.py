@@ -106,6 +106,10 @@ def load_tokenizer(cfg):
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{flag}: cannot load a tokenizer from '{name}' ({_first_line(err)})") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        # transformers builds an empty tokenizer from a folder without tokenizer files: every word would be unknown
+        raise InputError(f"{flag}: '{name}' has no tokenizer files (its tokenizer holds only its {len(tokenizer)} special tokens); "
+                         "give --tokenizer_name")
     if tokenizer.pad_token is None:
         # Causal LMs ship without a pad token; padding positions are masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

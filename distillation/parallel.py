@@ -99,7 +99,7 @@ class FSDPStrategy(Strategy):
         A model still on meta is sharded first and then given its values (sharded_loading.fill)."""
         real = real_tensors(model) if pending(model) else None
         self.loaded[role] = ("read shard by shard from its safetensors files" if real is not None else
-                             "loaded whole by each process, then sharded" + ("" if self.cfg.sharded_loading else " (--no-sharded_loading)"))
+                             f"loaded whole by each process, then sharded ({self._why_whole(role)})")
         if real is None:
             model.to(self.env.device)
         for block in transformer_blocks(model):
@@ -108,6 +108,16 @@ class FSDPStrategy(Strategy):
         if real is not None:
             fill(model, real, self.env.device)
         return model
+
+    def _why_whole(self, role: str) -> str:
+        cfg = self.cfg
+        if not cfg.sharded_loading:
+            return "--no-sharded_loading"
+        if role == "student" and cfg.lora_r:
+            return "LoRA adapters go into a whole model"
+        if role == "student" and not cfg.student_name:
+            return "--student_config: initialised, not read"
+        return "its folder does not hold every weight in safetensors files under the model's own names"
 
     def wrap(self, model):
         return self._shard(model, "student") if self.sharded else model.to(self.env.device)

@@ -135,11 +135,15 @@ def run_header(d, fresh_weights) -> list:
     lines = [
         f"{cfg.objective}: {teacher} -> {student}",
         f"data: {len(d.train_dataset):,} training examples ({cfg.data_file}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
-        f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (batch {cfg.batch_size} x {cfg.gradient_accumulation_steps} "
-        f"accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
+        (f"steps: {d.total_steps} (--max_steps; an epoch is {d.steps_per_epoch}; " if cfg.max_steps else
+         f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (") + f"batch {cfg.batch_size} x "
+        f"{cfg.gradient_accumulation_steps} accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
         f"clip {cfg.max_grad_norm:g}; {cfg.precision}",
     ]
+    if cfg.resume:
+        lines.append(f"resume: from step {d.step} of {d.total_steps} (epoch {d.epoch}, batch {d.batch_in_epoch} of it)"
+                     + (": already complete" if d.step >= d.total_steps else ""))
     if d.teacher.description:
         lines.append(f"teacher logits: {d.teacher.description}")
     if d.teacher.warning:

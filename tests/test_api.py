@@ -71,11 +71,18 @@ def test_a_datasets_dataset_trains_as_its_rows(assets, tmp_path):
     ({"strategy": "zero3"}, "distil(): 'strategy' must be one of ddp, fsdp (got \"zero3\")"),
     ({"label_column": "sentiment"}, "--data_file: "),
     ({"data_file": "x.jsonl"}, "distil(): give train_data= rather than data_file="),
+    ({"teacher": "TOKENIZER"}, "distil(): teacher= must be a name, a folder or a transformers PreTrainedModel (got BertTokenizer"),
+    ({"student": "MODEL", "tokenizer": None}, "distil(): give tokenizer= with an in-memory student"),
 ])
 def test_bad_options_raise_the_command_line_message_and_write_nothing(assets, tmp_path, capsys, options, message):
     dump = tmp_path / "run"
     values = {"teacher": assets["teacher"], "student": assets["student"], "train_data": _rows(assets["train"]),
               "objective": "sequence_classification", "dump_path": str(dump), **options}
+    for role, stand_in in (("teacher", "TOKENIZER"), ("student", "MODEL")):
+        if values.get(role) == "TOKENIZER":
+            values[role] = AutoTokenizer.from_pretrained(assets["teacher"])
+        elif values.get(role) == "MODEL":
+            values[role] = AutoModelForSequenceClassification.from_pretrained(assets["student"])
     with pytest.raises(InputError) as err:
         distil(**values)
     assert str(err.value).startswith(message), str(err.value)
@@ -84,7 +91,7 @@ def test_bad_options_raise_the_command_line_message_and_write_nothing(assets, tm
         capsys.readouterr()
         assert train_in_process(train_args(assets, dump, "--label_column", "sentiment")) == 2
         cli = capsys.readouterr().err.strip().removeprefix("error: ")
-        assert cli.replace(assets["train"], "<file>") == str(err.value).replace(str(err.value).split("'")[1], "<file>"), cli
+        assert cli.replace(f"'{assets['train']}'", "train_data= (as jsonl)") == str(err.value), cli
 
 
 def test_an_interrupt_leaves_a_checkpoint_that_resume_true_continues(assets, tmp_path, monkeypatch, capsys):
@@ -104,12 +111,23 @@ def test_an_interrupt_leaves_a_checkpoint_that_resume_true_continues(assets, tmp
     monkeypatch.setattr(Distiller, "_step", interrupted_at_step_2)
     run = {"teacher": assets["teacher"], "student": assets["student"], "train_data": _rows(assets["train"]),
            "objective": "sequence_classification", "n_epoch": 1, "batch_size": 16, "learning_rate": 1e-3}
-    first = distil(**run, dump_path=str(tmp_path / "run"))
+    first = distil(**run, dump_path=tmp_path / "run")  # a pathlib.Path, as notebooks write them
     assert first.summary["interrupted"] and first.summary["step"] == 2 and first.summary["final"] is None
-    assert "distil(): interrupted after step 2; the same call with resume=True continues" in capsys.readouterr().out
+    assert "distil(): interrupted after step 2: result.student is the student as it was given" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "complete.json")
     resumed = distil(**run, dump_path=str(tmp_path / "run"), resume=True)
     unbroken = distil(**run, dump_path=str(tmp_path / "unbroken"))
     assert resumed.summary["step"] == unbroken.summary["step"] == 6 and not resumed.summary["interrupted"]
     for key, value in unbroken.student.state_dict().items():
         assert torch.equal(resumed.student.state_dict()[key], value), key
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused(assets, tmp_path, capsys):
+    """transformers builds a tokenizer of the special tokens alone from such a folder: every word
+    would be unknown. The command line and distil() refuse it."""
+    bare = tmp_path / "bare"
+    AutoModelForSequenceClassification.from_pretrained(assets["student"]).save_pretrained(bare)
+    capsys.readouterr()
+    assert train_in_process(train_args(assets, tmp_path / "run", "--teacher_name", bare, "--student_name", bare)) == 2
+    assert f"--teacher_name: '{bare}' has no tokenizer files (its tokenizer holds only its" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
