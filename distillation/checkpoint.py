@@ -42,7 +42,8 @@ SETTINGS = ("batch_size", "learning_rate", "warmup_prop", "weight_decay", "max_g
             "precision", "temperature", "divergence", "divergence_beta", "alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse",
             "alpha_cos", "layer_map", "max_seq_length", "prompt_template", "text_column", "text_pair_column", "label_column",
             "label_names", "validation_split", "restrict_ce_to_mask", "mlm_mask_prop", "word_mask", "word_keep", "word_rand",
-            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds", "teacher_dtype", "unlabelled_ok",
+            "mlm_smoothing", "freeze_pos_embs", "freeze_token_type_embds", "teacher_dtype", "unlabelled_ok", "on_policy_fraction",
+            "generation_temperature", "max_new_tokens",
             "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 # Fingerprint keys computed from the run -> the flags that set them (objective and shapes have their own lines).
 # (--unlabelled_file before --data_file, whose count includes its rows: the one that changed is named)

@@ -22,6 +22,7 @@ from typing import Optional
 from distillation.config_types import check_types
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES
+from distillation.on_policy import check_config as check_on_policy
 
 OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
 
@@ -118,9 +119,14 @@ class DistillConfig:
                                     "(a random student's init range is its config's).", "models")
     # --- losses --------------------------------------------------------------------------------
     temperature: float = _opt(2.0, "Softmax temperature T of the soft targets (the divergence is scaled by T²).", "losses")
-    divergence: str = _opt("forward_kl", "What --alpha_ce weighs between the softened distributions: forward_kl (KL(teacher||student), "
-                           "the reference's), reverse_kl, jsd (GKD's generalised Jensen-Shannon), skew_kl (DistiLLM's), tvd.",
-                           "losses", choices=tuple(DIVERGENCES))
+    divergence: Optional[str] = _opt(None, "What --alpha_ce weighs between the softened distributions: forward_kl (KL(teacher||"
+                                     "student), the reference's), reverse_kl, jsd (GKD's generalised Jensen-Shannon), skew_kl "
+                                     "(DistiLLM's), tvd.", "losses", choices=tuple(DIVERGENCES),
+                                     shown="forward_kl; reverse_kl with --on_policy_fraction > 0 (distillation/on_policy.py says why)")
+    on_policy_fraction: float = _opt(0.0, "clm instruction data: the share of optimizer steps on which the student answers the "
+                                     "prompts itself and learns the teacher's distribution over its own tokens (GKD's λ).", "losses")
+    generation_temperature: float = _opt(1.0, "Temperature of the student's samples (--on_policy_fraction).", "losses")
+    max_new_tokens: int = _opt(128, "Longest answer the student samples (--on_policy_fraction), within --max_seq_length.", "losses")
     divergence_beta: Optional[float] = _opt(None, "β of --divergence jsd (the teacher's weight in the mixture; 0 = forward KL, "
                                             "1 = reverse KL) and skew_kl (the skew; 0 = forward KL).", "losses",
                                             shown="0.5 for jsd, 0.1 for skew_kl")
@@ -240,6 +246,8 @@ class DistillConfig:
             setattr(self, name, OBJECTIVE_DEFAULTS[name][column])
         for name in TASK_ALPHA.values():  # parameters.json reads back to the same run
             setattr(self, name, self.alpha_task if name == TASK_ALPHA.get(self.objective) else 0.0)
+        if self.divergence is None:
+            self.divergence = "reverse_kl" if self.on_policy_fraction > 0 else "forward_kl"
         if self.divergence_beta is None and self.divergence in DIVERGENCES:
             self.divergence_beta = DIVERGENCES[self.divergence][1]
         if self.eval_batch_size is None:
@@ -303,6 +311,7 @@ class DistillConfig:
             # skew_kl at β = 1 compares the teacher with itself: identically 0.
             need(0 <= beta <= 1 if jsd else 0 <= beta < 1,
                  f"--divergence_beta must be in {'[0, 1]' if jsd else '[0, 1)'} for --divergence {self.divergence} (got {beta})")
+        check_on_policy(self, need)
         need(self.loss_chunk_rows >= 0, f"--loss_chunk_rows must be >= 0 (got {self.loss_chunk_rows})")
         need(not self.loss_chunk_rows or self.objective == "clm",
              f"--loss_chunk_rows {self.loss_chunk_rows}: chunked losses are implemented for clm only (mlm distils other rows than "

@@ -38,6 +38,7 @@ from distillation.hidden import StudentWithProjection, build_projection, parse_l
 from distillation.lora import student_parameters
 from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import autocast_dtype, freeze_embeddings
+from distillation.on_policy import OnPolicy
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
 from distillation.token_losses import token_losses_for
@@ -101,6 +102,7 @@ class Distiller:
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 
+        self.on_policy = OnPolicy(cfg, objective, tokenizer)  # --on_policy_fraction: steps on the student's own samples
         self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main, strategy.full_state)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_steps = 0  # fp16: steps the GradScaler skipped for inf/NaN gradients
@@ -197,6 +199,10 @@ class Distiller:
     def _step(self, group) -> dict:
         """One optimizer step over the micro-batches of `group`. Returns the step's loss terms."""
         group = [self.objective.prepare_batch(_to(b, self.device)) for b in group]
+        sampled = self.on_policy.sampled(self.step)  # the same on every rank
+        if sampled:  # the student answers the prompts itself; its own tokens are no hard labels
+            group = [self.on_policy.sample(b, self.model.student) for b in group]
+        alphas = {t: 0.0 if sampled and t == "task" else getattr(self.cfg, TERMS[t][0]) for t in self.terms}
         counts = [self.objective.counts(b) for b in group]
         counts = torch.stack([torch.stack([c[k].to(self.device).float() for k in COUNTS]) for c in counts]).sum(0)
         counts = all_reduce_sum(counts, self.env).clamp(min=1)
@@ -206,7 +212,7 @@ class Distiller:
         for i, batch in enumerate(group):
             with self.strategy.gradient_sync(self.train_model, sync=i == len(group) - 1):
                 terms = self._loss_terms(batch)
-                loss = sum(getattr(self.cfg, TERMS[t][0]) * terms[t] / norm[TERMS[t][1]] for t in self.terms)
+                loss = sum(alphas[t] * terms[t] / norm[TERMS[t][1]] for t in self.terms)
                 self.scaler.scale(loss * self.env.world_size).backward()  # DDP and FSDP average grads over ranks
             sums += torch.stack([terms[t].detach() for t in self.terms])
         # One collective: the step's loss terms, its size, a non-finite flag and stop requests.
@@ -233,7 +239,8 @@ class Distiller:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         values = {t: (reduced[i] / norm[TERMS[t][1]]).item() for i, t in enumerate(self.terms)}
-        values["loss"] = sum(getattr(self.cfg, TERMS[t][0]) * values[t] for t in self.terms)
+        values["loss"] = sum(alphas[t] * values[t] for t in self.terms)
+        values["on_policy"] = float(sampled)
         values["examples"], values["tokens"], values["lr"] = reduced[-4].item(), reduced[-3].item(), lr
         return values
 
@@ -286,6 +293,7 @@ class Distiller:
             "loss": record["loss"],
             **{f"loss_{self.objective.task_loss_name if t == 'task' else t}": record[t] for t in self.terms},
             "lr": record["lr"],
+            **({"on_policy_share": record["on_policy"]} if self.cfg.on_policy_fraction else {}),
             "examples_per_s": record["examples"] / record["seconds"],
             "tokens_per_s": record["tokens"] / record["seconds"],
             "memory_mb": memory_mb(self.device),

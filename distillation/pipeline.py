@@ -22,6 +22,7 @@ from distillation.models import (
 )
 from distillation.objectives import OBJECTIVES, build_objective
 from distillation.offline_logits import OfflineTeacher, check_examples, check_identity, read_manifest, run_identity
+from distillation.on_policy import check_data
 from distillation.parallel import build_strategy
 from distillation.teacher import Teacher
 
@@ -59,6 +60,7 @@ def build(cfg, env):
     cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, student_config)
     objective = build_objective(cfg, tokenizer, teacher_config)
     train_dataset = objective.load_dataset(cfg.data_file, "--data_file")
+    check_data(cfg, train_dataset)
     if cfg.validation_split:
         train_dataset, eval_dataset = split_off(train_dataset, cfg.validation_split, cfg.seed)
     else:

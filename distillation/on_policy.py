@@ -1,0 +1,82 @@
+"""On-policy distillation (GKD, Agarwal et al. 2024): on a share λ of the optimizer steps
+(--on_policy_fraction) the student answers the step's prompts itself and learns from the
+teacher's distribution at every token of its own answers.
+
+Off-policy KD trains the student on prefixes it may never produce (the dataset's responses);
+on its own samples it learns where its own mistakes lead. Per step:
+- a draw from a generator seeded with (--seed, step) decides, the same on every process and
+  after a resume, without touching the training RNG (λ = 0 is today's run, bit for bit);
+- on a sampled step each micro-batch's prompts (the tokens before `prompt_len`) are answered by
+  the student in eval mode (`generate`, pure sampling at --generation_temperature, at most
+  --max_new_tokens and --max_seq_length), each answer kept through its first EOS;
+- the batch is rebuilt from prompt + answer, so the divergence covers exactly the sampled
+  tokens through EOS (the prompt and what follows EOS are not targets), and the hard-label
+  loss is weighted 0 on that step: the student's own tokens are no labels.
+The default --divergence is reverse KL when λ > 0 (config.py): on its own samples the student is
+pushed away from what the teacher finds unlikely (mode-seeking), as GKD, MiniLLM and on-policy
+distillation recipes do. Limits: instruction data (prompts), a live teacher (not a logits cache),
+no hidden-state losses, ddp or one process (fsdp would need every rank to generate in step).
+"""
+
+import torch
+
+from distillation.errors import InputError
+
+
+class OnPolicy:
+    def __init__(self, cfg, objective, tokenizer):
+        self.cfg, self.objective, self.tokenizer = cfg, objective, tokenizer
+
+    def sampled(self, step: int) -> bool:
+        """Is optimizer step `step` (0-based) on the student's own samples?"""
+        if self.cfg.on_policy_fraction <= 0:
+            return False
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        return bool(torch.rand((), generator=generator) < self.cfg.on_policy_fraction)
+
+    @torch.no_grad()
+    def sample(self, batch: dict, student) -> dict:
+        """`batch` (collated, on the device) with each response replaced by the student's own."""
+        device = batch["input_ids"].device
+        prompts = [ids[:n].tolist() for ids, n in zip(batch["input_ids"], batch["prompt_len"].tolist())]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        # Left-padded, as decoder-only generation wants.
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        was_training = student.training
+        student.eval()
+        out = student.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
+                               temperature=self.cfg.generation_temperature, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
+                               max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
+        student.train(was_training)
+        examples = []
+        for prompt, new, index in zip(prompts, out[:, width:].tolist(), batch["index"].tolist()):
+            eos = self.tokenizer.eos_token_id
+            answer = new[: new.index(eos) + 1] if eos in new else new
+            examples.append({"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index})
+        rebuilt = self.objective.collate(examples)
+        return {k: v.to(device) for k, v in rebuilt.items()}
+
+
+def check_data(cfg, train_dataset) -> None:
+    """With λ > 0 the training data must hold prompts (instruction records) for the student to answer."""
+    if cfg.on_policy_fraction > 0 and not any(getattr(train_dataset, "prompt_lens", None) or ()):
+        raise InputError(f"--on_policy_fraction {cfg.on_policy_fraction:g}: --data_file holds no prompts for the student to answer "
+                         "(give instruction records: instruction, input, output)")
+
+
+def check_config(cfg, need) -> None:
+    """config.validate's checks of --on_policy_fraction and its companions (`need(cond, message)`)."""
+    need(0 <= cfg.on_policy_fraction <= 1, f"--on_policy_fraction must be in [0, 1] (got {cfg.on_policy_fraction})")
+    need(cfg.generation_temperature > 0 and cfg.max_new_tokens >= 1,
+         f"--generation_temperature must be > 0 and --max_new_tokens >= 1 (got {cfg.generation_temperature}, {cfg.max_new_tokens})")
+    if cfg.on_policy_fraction > 0:
+        flag = f"--on_policy_fraction {cfg.on_policy_fraction:g}"
+        need(cfg.objective == "clm", f"{flag}: only for --objective clm (instruction data: the student answers its prompts)")
+        need(cfg.teacher_logits is None, f"{flag}: the teacher must score the student's new samples, which a --teacher_logits "
+             "cache cannot; give --teacher_name")
+        need(bool(cfg.teacher_name) and cfg.alpha_ce > 0, f"{flag}: needs --teacher_name and --alpha_ce > 0 (the student learns "
+             "its own samples from the teacher)")
+        need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
+        need(cfg.strategy == "ddp", f"{flag}: not yet with --strategy fsdp (every rank would have to generate in step); use ddp")
