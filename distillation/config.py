@@ -192,6 +192,8 @@ class DistillConfig:
                                        "reporting")
     eval_interval: int = _opt(0, "Micro-batches between evaluations.", "reporting", shown="0: at each epoch end only")
     eval_batch_size: Optional[int] = _opt(None, "Batch size of evaluation.", "reporting", shown="2 x --batch_size")
+    eval_generate: int = _opt(0, "clm: at each evaluation the student answers the first N held-out prompts (seeded) and the run "
+                              "reports the teacher's NLL of those answers, their length and share ending in EOS.", "reporting")
     save_best_metric: Optional[str] = _opt(None, "Keep the student of the best evaluation in best/, by this metric (eval_accuracy, "
                                            "eval_loss, eval_macro_f1, eval_perplexity...: losses and perplexity lower, others higher).",
                                            "reporting", shown="none: no best/")

@@ -38,7 +38,7 @@ from distillation.hidden import StudentWithProjection, build_projection, parse_l
 from distillation.lora import student_parameters
 from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import autocast_dtype, freeze_embeddings
-from distillation.on_policy import OnPolicy
+from distillation.on_policy import OnPolicy, held_out_prompts
 from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
 from distillation.token_losses import token_losses_for
@@ -103,6 +103,7 @@ class Distiller:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 
         self.on_policy = OnPolicy(cfg, objective, tokenizer)  # --on_policy_fraction: steps on the student's own samples
+        self.eval_prompts = held_out_prompts(cfg, eval_dataset) if eval_dataset is not None else []
         self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main, strategy.full_state)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.skipped_steps = 0  # fp16: steps the GradScaler skipped for inf/NaN gradients
@@ -273,6 +274,9 @@ class Distiller:
         """Evaluate, report, keep best/; returns whether early stopping says stop."""
         metrics = evaluate(self.model, self.teacher, self.objective, self.eval_dataset, self.cfg.eval_batch_size,
                            self.env, self.autocast, self.cfg.seed)
+        if self.eval_prompts:  # --eval_generate: what the teacher thinks of the student's own answers
+            with self.autocast():
+                metrics.update(self.on_policy.sample_metrics(self.eval_prompts, self.model.student, self.teacher.model, self.env))
         improved, stop = self.folders.after_eval(self.model, metrics, self.step, self.epoch_progress)
         self.last_eval, self.last_eval_step = metrics, self.step
         self.log.write({"step": self.step, "epoch": self.epoch_progress, **metrics}, "eval")

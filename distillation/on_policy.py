@@ -20,6 +20,7 @@ no hidden-state losses, ddp or one process (fsdp would need every rank to genera
 
 import torch
 
+from distillation.distributed import all_gather_objects
 from distillation.errors import InputError
 
 
@@ -33,6 +34,37 @@ class OnPolicy:
             return False
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
         return bool(torch.rand((), generator=generator) < self.cfg.on_policy_fraction)
+
+    @torch.no_grad()
+    def sample_metrics(self, prompts: list, student, teacher, env) -> dict:
+        """--eval_generate: the student answers each prompt (draws seeded by (--seed, prompt), the
+        training RNG untouched); eval_teacher_nll is the teacher's mean NLL per answer token,
+        eval_sample_length the mean answer length, eval_sample_eos the share ending in EOS. The
+        prompts are split over the processes and gathered in order: the same at any count."""
+        mine = []
+        was_training = student.training
+        student.eval()
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+            for i in range(env.rank, len(prompts), env.world_size):
+                torch.manual_seed(self.cfg.seed * 1_000_003 + i)
+                ids = torch.tensor([prompts[i]], device=env.device)
+                out = student.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
+                                       temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id,
+                                       eos_token_id=self.tokenizer.eos_token_id,
+                                       max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - ids.shape[1])))
+                answer = out[0, ids.shape[1]:].tolist()
+                eos = self.tokenizer.eos_token_id
+                ended = eos in answer
+                answer = answer[: answer.index(eos) + 1] if ended else answer
+                sequence = torch.tensor([prompts[i] + answer], device=env.device)
+                log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
+                nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
+                mine.append((i, nll, len(answer), ended))
+        student.train(was_training)
+        rows = sorted(row for part in all_gather_objects(mine, env) for row in part)
+        tokens = sum(r[2] for r in rows)
+        return {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
+                "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
 
     @torch.no_grad()
     def sample(self, batch: dict, student) -> dict:
@@ -66,6 +98,17 @@ def check_data(cfg, train_dataset) -> None:
                          "(give instruction records: instruction, input, output)")
 
 
+def held_out_prompts(cfg, eval_dataset) -> list:
+    """The first --eval_generate prompts of the held-out data (token ids), for sample_metrics."""
+    if not cfg.eval_generate:
+        return []
+    prompts = [item["input_ids"][: item["prompt_len"]] for item in (eval_dataset[i] for i in range(len(eval_dataset)))
+               if item.get("prompt_len")][: cfg.eval_generate]
+    if not prompts:
+        raise InputError(f"--eval_generate {cfg.eval_generate}: the held-out data holds no prompts (instruction records)")
+    return prompts
+
+
 def check_config(cfg, need) -> None:
     """config.validate's checks of --on_policy_fraction and its companions (`need(cond, message)`)."""
     need(0 <= cfg.on_policy_fraction <= 1, f"--on_policy_fraction must be in [0, 1] (got {cfg.on_policy_fraction})")
@@ -80,3 +123,8 @@ def check_config(cfg, need) -> None:
              "its own samples from the teacher)")
         need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
         need(cfg.strategy == "ddp", f"{flag}: not yet with --strategy fsdp (every rank would have to generate in step); use ddp")
+    if cfg.eval_generate:
+        flag = f"--eval_generate {cfg.eval_generate}"
+        need(cfg.eval_generate > 0 and cfg.objective == "clm" and bool(cfg.teacher_name) and cfg.strategy == "ddp",
+             f"{flag}: needs --objective clm, a --teacher_name to score the answers and --strategy ddp (a positive count)")
+        need(bool(cfg.eval_file or cfg.validation_split), f"{flag}: needs held-out prompts (--eval_file or --validation_split)")

@@ -102,3 +102,47 @@ def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp
            [{k: v for k, v in r.items() if k not in drop} for r in runs["plain"]]
     decisions = [r["on_policy_share"] for r in runs["half"]]
     assert decisions == [r["on_policy_share"] for r in runs["half2"]] and 0 < sum(decisions) < 6
+
+
+SAMPLE_METRICS = """
+import json, sys
+sys.path.insert(0, {root!r})
+from distillation.cli.options import config_from_cli
+from distillation.distributed import init_distributed, shutdown
+from distillation.pipeline import build
+
+cfg = config_from_cli(sys.argv[1:])
+env = init_distributed()
+d, _ = build(cfg, env)
+first = d.on_policy.sample_metrics(d.eval_prompts, d.model.student, d.teacher.model, env)
+again = d.on_policy.sample_metrics(d.eval_prompts, d.model.student, d.teacher.model, env)
+if env.is_main:
+    print(json.dumps([first, again]))
+shutdown(env)
+"""
+
+
+def test_eval_generate_is_the_same_at_one_and_two_processes(pair, tmp_path):
+    """--eval_generate 5: the student's answers to 5 held-out prompts (seeded by prompt), scored
+    by the teacher: the same metrics at 1 and 2 processes (the second rank answers 2 of the 5),
+    and the same at a second evaluation (the training RNG is not what draws them)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SUBPROCESS_ENV
+
+    script = tmp_path / "sample_metrics.py"
+    script.write_text(SAMPLE_METRICS.format(root=ROOT))
+    args = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["student"], "--data_file",
+            pair["instructions"], "--eval_file", pair["instructions"], "--prompt_template", TEMPLATE, "--max_seq_length", 16,
+            "--eval_generate", 5, "--dump_path", tmp_path / "unused", "--gradient_accumulation_steps", 1]
+    runs = {}
+    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
+        proc = subprocess.run(launcher + [str(script)] + list(map(str, args)), capture_output=True, text=True, timeout=240,
+                              env=SUBPROCESS_ENV, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, two = runs[1], runs[2]
+    assert one[0] == one[1] == two[0] == two[1]
+    assert one[0]["eval_teacher_nll"] > 0 and 1 <= one[0]["eval_sample_length"] <= 16 and 0 <= one[0]["eval_sample_eos"] <= 1
