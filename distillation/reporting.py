@@ -141,6 +141,10 @@ def run_header(d, fresh_weights) -> list:
         f"loss: {loss_formula(cfg, d.objective)}; AdamW lr {cfg.learning_rate:g}, warm-up {cfg.warmup_prop:g}, weight decay {cfg.weight_decay:g}, "
         f"clip {cfg.max_grad_norm:g}; {cfg.precision}",
     ]
+    if cfg.on_policy_fraction:
+        lines.append(f"on-policy: on {100 * cfg.on_policy_fraction:g}% of the steps the student answers the prompts (temperature "
+                     f"{cfg.generation_temperature:g}, at most {cfg.max_new_tokens} new tokens) and learns the teacher's "
+                     f"{cfg.divergence} on its own tokens; no hard labels on those steps")
     if cfg.resume:
         lines.append(f"resume: from step {d.step} of {d.total_steps} (epoch {d.epoch}, batch {d.batch_in_epoch} of it)"
                      + (": already complete" if d.step >= d.total_steps else ""))
