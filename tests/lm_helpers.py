@@ -158,3 +158,24 @@ def llama_pair(root, n_train: int, student_layers: int, vocab_padding: int = 0) 
                           bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=tied)
         paths[role] = save_model(LlamaForCausalLM(cfg), tok, str(root / role))
     return paths
+
+
+def last_json_at_one_and_two_processes(script_text: str, folder, args) -> dict:
+    """{1: ..., 2: ...}: the last stdout line (JSON) of `script_text` (formatted with root=) run
+    with `args` by one process and by torchrun's two."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SUBPROCESS_ENV, TORCHRUN
+
+    script = os.path.join(str(folder), "script.py")
+    with open(script, "w") as f:
+        f.write(script_text.format(root=ROOT))
+    runs = {}
+    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
+        proc = subprocess.run(launcher + [script] + list(map(str, args)), capture_output=True, text=True, timeout=240,
+                              env=SUBPROCESS_ENV, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return runs

@@ -15,7 +15,8 @@ from distillation.losses import forward_kl
 from distillation.objectives.mlm import choose_mlm_positions, mask_tokens, mlm_token_probs
 from distillation.pipeline import run
 from lm_helpers import (  # noqa: F401 - single_thread is a fixture
-    bert_tokenizer, call_script, config, heldout_loss, objective_for, sentences, single_thread, write_binarized, write_counts,
+    bert_tokenizer, call_script, config, heldout_loss, last_json_at_one_and_two_processes, objective_for, sentences, single_thread,
+    write_binarized, write_counts,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -253,25 +254,13 @@ def test_mlm_evaluation_scores_the_same_masks_at_one_and_two_processes(lm, tmp_p
     """The masks of an evaluation batch come from its place in the global batch order, not from
     its place in one rank's share: 1 and 2 processes report the same eval_* (7 batches of 6: the
     second rank runs a padding batch too), and successive evaluations agree."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, SUBPROCESS_ENV
-
     torch.manual_seed(0)
     teacher = save_model(BertForMaskedLM(tiny_bert_config(layers=2)), lm["tokenizer"], str(tmp_path / "teacher"))
     student = save_model(BertForMaskedLM(tiny_bert_config(layers=1)), lm["tokenizer"], str(tmp_path / "student"))
-    script = tmp_path / "evaluate_only.py"
-    script.write_text(EVALUATE_ONLY.format(root=ROOT))
     args = ["--objective", "mlm", "--teacher_name", teacher, "--student_name", student, "--data_file", lm["train"],
             "--eval_file", lm["eval"], "--token_counts", lm["counts"], "--dump_path", tmp_path / "unused", "--alpha_ce", 1,
             "--eval_batch_size", 6, "--gradient_accumulation_steps", 1]
-    runs = {}
-    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
-        proc = subprocess.run(launcher + [str(script)] + list(map(str, args)), capture_output=True, text=True, timeout=240,
-                              env=SUBPROCESS_ENV, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = last_json_at_one_and_two_processes(EVALUATE_ONLY, tmp_path, args)
     one, two = runs[1][0], runs[2][0]
     assert one.keys() == two.keys() and {"eval_loss", "eval_masked_accuracy", "eval_teacher_loss"} <= one.keys()
     for key in one:

@@ -8,7 +8,7 @@ import torch
 
 from conftest import TORCHRUN, read_metrics, run_train, write_jsonl
 from conftest import first_step as step_of
-from lm_helpers import CAUSAL_VOCAB, config, llama_pair, single_thread  # noqa: F401 - a fixture
+from lm_helpers import CAUSAL_VOCAB, config, last_json_at_one_and_two_processes, llama_pair, single_thread  # noqa: F401 - a fixture
 from distillation.distributed import DistEnv
 from distillation.on_policy import OnPolicy
 from distillation.pipeline import build
@@ -126,23 +126,10 @@ def test_eval_generate_is_the_same_at_one_and_two_processes(pair, tmp_path):
     """--eval_generate 5: the student's answers to 5 held-out prompts (seeded by prompt), scored
     by the teacher: the same metrics at 1 and 2 processes (the second rank answers 2 of the 5),
     and the same at a second evaluation (the training RNG is not what draws them)."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT, SUBPROCESS_ENV
-
-    script = tmp_path / "sample_metrics.py"
-    script.write_text(SAMPLE_METRICS.format(root=ROOT))
     args = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["student"], "--data_file",
             pair["instructions"], "--eval_file", pair["instructions"], "--prompt_template", TEMPLATE, "--max_seq_length", 16,
             "--eval_generate", 5, "--dump_path", tmp_path / "unused", "--gradient_accumulation_steps", 1]
-    runs = {}
-    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
-        proc = subprocess.run(launcher + [str(script)] + list(map(str, args)), capture_output=True, text=True, timeout=240,
-                              env=SUBPROCESS_ENV, cwd=ROOT)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = last_json_at_one_and_two_processes(SAMPLE_METRICS, tmp_path, args)
     one, two = runs[1], runs[2]
     assert one[0] == one[1] == two[0] == two[1]
     assert one[0]["eval_teacher_nll"] > 0 and 1 <= one[0]["eval_sample_length"] <= 16 and 0 <= one[0]["eval_sample_eos"] <= 1
