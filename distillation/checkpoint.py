@@ -18,6 +18,7 @@ batch, schedule or precision. Loading uses `weights_only=True`: the files hold o
 and plain containers.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -103,6 +104,14 @@ def data_fingerprint(data_file: str, n_examples: Optional[int]) -> str:
     return (f"{n_examples} examples of " if n_examples is not None else "") + ", ".join(digests)
 
 
+@contextlib.contextmanager
+def _one_process_is_meant():
+    """Without a process group DCP warns that it assumes one process: that is what is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        yield
+
+
 def save_checkpoint(dump_path: str, model, optimizer, trainer_state: Dict, env) -> None:
     """Every rank: its shards of `model` and `optimizer`; rank 0: trainer_state, then the swap."""
     tmp, final, old = (os.path.join(dump_path, DIR + suffix) for suffix in (".tmp", "", ".old"))
@@ -113,8 +122,7 @@ def save_checkpoint(dump_path: str, model, optimizer, trainer_state: Dict, env) 
         os.makedirs(tmp)
     barrier(env)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # one process is meant: DCP warns that no process group exists
-        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+    with _one_process_is_meant():
         dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp)
     barrier(env)  # every rank's shards are on disk
     if env.is_main:
@@ -152,8 +160,7 @@ def load_checkpoint(dump_path: str, model, optimizer, expected: Dict) -> Dict:
     model_state, optimizer_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optimizer_state}
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        with _one_process_is_meant():
             dcp.load(shards, checkpoint_id=folder)
     except Exception as err:  # DCP wraps every rank's failure in CheckpointException
         raise InputError(f"--resume: cannot read the shards of '{folder}' ({type(err).__name__}: {str(err)[:200]})") from None

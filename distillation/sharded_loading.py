@@ -89,8 +89,9 @@ def fill(module: torch.nn.Module, real: Dict[str, torch.Tensor], device: torch.d
     """Give the sharded `module` local storage on `device` and its values: `real` copied back,
     buffers computed, every pending model's shards read from its files (a collective)."""
     module.to_empty(device=device)
+    params = dict(module.named_parameters(remove_duplicate=False))
     for name, value in real.items():
-        target = module.get_parameter(name) if name in dict(module.named_parameters(remove_duplicate=False)) else module.get_buffer(name)
+        target = params[name] if name in params else module.get_buffer(name)
         if isinstance(target, DTensor):
             value = distribute_tensor(value.to(device), target.device_mesh, target.placements).to_local()
             target = target.to_local()

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 
-import torch
 from transformers import AutoModelForCausalLM
 
 from distillation.cli import ArgumentParser, command, require_positive
@@ -94,7 +93,6 @@ def _main(argv=None):
         with open(args.dump_file + ".settings.json", "w") as f:
             json.dump(settings, f, indent=1)
     barrier(env)
-    torch.manual_seed(args.seed)
     wrote = generate_all(model, tokenizer, prompts, args.dump_file, env, args.num_responses, args.max_new_tokens, args.temperature,
                          args.top_p, args.seed)
     rows = join_parts(args.dump_file, len(prompts), args.num_responses, env)
