@@ -42,29 +42,32 @@ class OnPolicy:
         eval_sample_length the mean answer length, eval_sample_eos the share ending in EOS. The
         prompts are split over the processes and gathered in order: the same at any count."""
         mine = []
-        was_training = student.training
-        student.eval()
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
             for i in range(env.rank, len(prompts), env.world_size):
                 torch.manual_seed(self.cfg.seed * 1_000_003 + i)
                 ids = torch.tensor([prompts[i]], device=env.device)
-                out = student.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
-                                       temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id,
-                                       eos_token_id=self.tokenizer.eos_token_id,
-                                       max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - ids.shape[1])))
-                answer = out[0, ids.shape[1]:].tolist()
-                eos = self.tokenizer.eos_token_id
-                ended = eos in answer
-                answer = answer[: answer.index(eos) + 1] if ended else answer
+                (answer, ended), = self._answers(student, ids, torch.ones_like(ids))
                 sequence = torch.tensor([prompts[i] + answer], device=env.device)
                 log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
                 nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
                 mine.append((i, nll, len(answer), ended))
-        student.train(was_training)
         rows = sorted(row for part in all_gather_objects(mine, env) for row in part)
         tokens = sum(r[2] for r in rows)
         return {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
                 "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
+
+    def _answers(self, student, input_ids, attention_mask) -> list:
+        """[(answer ids through the first EOS, whether it ended with EOS)] of each left-padded prompt
+        row: the student in eval mode, pure sampling at --generation_temperature, at most
+        --max_new_tokens within --max_seq_length."""
+        was_training = student.training
+        student.eval()
+        width, eos = input_ids.shape[1], self.tokenizer.eos_token_id
+        out = student.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
+                               temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+                               max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
+        student.train(was_training)
+        return [(new[: new.index(eos) + 1], True) if eos in new else (new, False) for new in out[:, width:].tolist()]
 
     @torch.no_grad()
     def sample(self, batch: dict, student) -> dict:
@@ -76,17 +79,9 @@ class OnPolicy:
         # Left-padded, as decoder-only generation wants.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        was_training = student.training
-        student.eval()
-        out = student.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
-                               temperature=self.cfg.generation_temperature, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-                               max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
-        student.train(was_training)
-        examples = []
-        for prompt, new, index in zip(prompts, out[:, width:].tolist(), batch["index"].tolist()):
-            eos = self.tokenizer.eos_token_id
-            answer = new[: new.index(eos) + 1] if eos in new else new
-            examples.append({"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index})
+        answers = self._answers(student, input_ids, attention_mask)
+        examples = [{"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index}
+                    for prompt, (answer, _), index in zip(prompts, answers, batch["index"].tolist())]
         rebuilt = self.objective.collate(examples)
         return {k: v.to(device) for k, v in rebuilt.items()}
 
