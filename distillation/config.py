@@ -14,17 +14,15 @@ the logits, `--alpha_cos` compares the last hidden layers unless `--layer_map` s
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+from distillation.config_checks import OBJECTIVE_NAMES, validate
 from distillation.config_types import check_types
 from distillation.errors import InputError
 from distillation.losses import DIVERGENCES
-from distillation.on_policy import check_config as check_on_policy
 
-OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
 
 # Defaults that differ by objective, in the order of OBJECTIVE_NAMES. mlm keeps the reference's
 # DistilBERT recipe (its README command: alpha_ce 5, alpha_mlm 2, alpha_cos 1, and train.py's
@@ -295,100 +293,7 @@ class DistillConfig:
 
     # --- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
-        def need(cond, msg):
-            if not cond:
-                raise InputError(msg)
-
-        need(self.objective in OBJECTIVE_NAMES, f"--objective: unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVE_NAMES)})")
-        need(self.dump_path, "--dump_path is required")
-        need(self.data_file, "--data_file is required")
-        for name in ("temperature", "learning_rate", "adam_epsilon", "max_grad_norm", "ddp_timeout_minutes", "initializer_range"):
-            value = getattr(self, name)
-            need(math.isfinite(value) and value > 0, f"--{name} must be a finite number > 0 (got {value})")
-        need(self.divergence in DIVERGENCES, f"--divergence: unknown '{self.divergence}' (choose from {', '.join(DIVERGENCES)})")
-        if self.divergence_beta is not None:
-            need(DIVERGENCES[self.divergence][1] is not None,
-                 f"--divergence_beta {self.divergence_beta}: --divergence {self.divergence} has no β (jsd and skew_kl do)")
-            beta, jsd = self.divergence_beta, self.divergence == "jsd"
-            # skew_kl at β = 1 compares the teacher with itself: identically 0.
-            need(0 <= beta <= 1 if jsd else 0 <= beta < 1,
-                 f"--divergence_beta must be in {'[0, 1]' if jsd else '[0, 1)'} for --divergence {self.divergence} (got {beta})")
-        check_on_policy(self, need)
-        need(self.loss_chunk_rows >= 0, f"--loss_chunk_rows must be >= 0 (got {self.loss_chunk_rows})")
-        need(not self.loss_chunk_rows or self.objective == "clm",
-             f"--loss_chunk_rows {self.loss_chunk_rows}: chunked losses are implemented for clm only (mlm distils other rows than "
-             f"it labels; classification logits are small); use --loss_chunk_rows 0")
-        if self.strategy == "fsdp":
-            need(self.precision != "fp16", "--precision fp16: not with --strategy fsdp (its loss scaling would have to agree on "
-                 "overflow across the shards); use --precision bf16")
-        else:
-            need(not self.replicate_teacher, "--replicate_teacher: only with --strategy fsdp (ddp always replicates the teacher)")
-        alphas = {n: getattr(self, n) for n in ("alpha_ce", "alpha_task", "alpha_mse", "alpha_hidden_mse", "alpha_cos")}
-        for name, a in alphas.items():
-            need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
-        need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
-        if self.teacher_logits is not None:
-            need(self.teacher_name is None, "give --teacher_name or --teacher_logits, not both (a cache replaces the teacher)")
-            need(self.objective != "mlm", "--teacher_logits: mlm re-masks every step, so its teacher logits cannot be cached")
-            unsupported = [f for f in ("alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "validation_split")
-                           if getattr(self, f)] + (["cache_teacher_logits"] if self.cache_teacher_logits else [])
-            need(not unsupported, f"--teacher_logits: --{unsupported[0] if unsupported else ''} needs the teacher's full logits "
-                 "or hidden states (or, for --validation_split, the cache's example order): drop it")
-        elif self.teacher_name is None:
-            used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
-            need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
-                           f"or drop {' '.join('--' + n for n in used)} to train on the labels only")
-        need(self.teacher_dtype is None or self.teacher_name is not None,
-             f"--teacher_dtype {self.teacher_dtype} needs --teacher_name (a --teacher_logits cache holds the values it was made with)")
-        need(self.lora_r >= 0, f"--lora_r must be >= 0 (got {self.lora_r})")
-        if self.lora_r:
-            need(self.student_name is not None, "--lora_r adapts a pretrained student: give --student_name (not --student_config)")
-            need(self.lora_alpha > 0 and 0 <= self.lora_dropout < 1,
-                 f"--lora_alpha must be > 0 and --lora_dropout in [0, 1) (got {self.lora_alpha}, {self.lora_dropout})")
-        else:
-            given = [f for f in ("lora_alpha", "lora_target_modules") if getattr(self, f) is not None] + (["lora_dropout"] if self.lora_dropout else [])
-            need(not given, f"--{given[0] if given else ''} needs --lora_r > 0")
-        need((self.student_name is None) != (self.student_config is None), "give exactly one of --student_name and --student_config")
-        need(self.student_pretrained_weights is None or self.student_config is not None,
-             "--student_pretrained_weights loads into a --student_config student (with --student_name the weights are the folder's)")
-        need(self.max_seq_length is None or self.max_seq_length >= 3, f"--max_seq_length must be >= 3 (got {self.max_seq_length})")
-        for name in ("batch_size", "n_epoch", "log_interval", "checkpoint_interval", "gradient_accumulation_steps",
-                     "eval_batch_size", "save_steps"):
-            need(getattr(self, name) >= 1, f"--{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("max_steps", "eval_interval", "num_workers", "early_stopping_patience", "save_total_limit"):
-            need(getattr(self, name) >= 0, f"--{name} must be >= 0 (got {getattr(self, name)})")
-        for name in ("warmup_prop", "weight_decay"):
-            value = getattr(self, name)
-            need(0 <= value <= 1, f"--{name} must be in [0, 1] (got {value})")
-        need(0 <= self.validation_split < 1, f"--validation_split must be in [0, 1) (got {self.validation_split})")
-        need(not (self.validation_split and self.eval_file), "give --eval_file or --validation_split, not both")
-        if self.unlabelled_ok or self.unlabelled_file:
-            flag = "--unlabelled_ok" if self.unlabelled_ok else f"--unlabelled_file {self.unlabelled_file}"
-            need(self.objective == "sequence_classification", f"{flag}: only for --objective sequence_classification")
-            need(bool(self.teacher_name or self.teacher_logits) and self.alpha_ce + self.alpha_mse > 0,
-                 f"{flag}: rows without labels learn only from the teacher: give --teacher_name and --alpha_ce > 0")
-            need(not self.validation_split, f"--validation_split: with {flag} give an --eval_file (held-out rows need labels)")
-        if self.fp16:
-            need(self.fp16_opt_level == "O1", f"--fp16_opt_level {self.fp16_opt_level}: torch.amp's fp16 autocast is apex's O1 "
-                 "(fp32 weights, fp16 where safe); O0 is plain fp32 (drop --fp16), O2/O3 have no torch.amp counterpart")
-        need(self.n_gpu is None or self.n_gpu >= 0, f"--n_gpu must be >= 0 (got {self.n_gpu})")
-        if self.objective == "mlm":
-            need(0 < self.mlm_mask_prop <= 1, f"--mlm_mask_prop must be in (0, 1] (got {self.mlm_mask_prop})")
-            probs = (self.word_mask, self.word_keep, self.word_rand)
-            need(all(0 <= p <= 1 for p in probs) and abs(sum(probs) - 1) < 1e-6,
-                 f"--word_mask, --word_keep and --word_rand must be in [0, 1] and sum to 1 (got {', '.join(map(str, probs))})")
-            need(math.isfinite(self.mlm_smoothing) and self.mlm_smoothing >= 0, f"--mlm_smoothing must be >= 0 (got {self.mlm_smoothing})")
-            need(self.token_counts is not None, "--token_counts is required for --objective mlm (make it with scripts/token_counts.py)")
-        need(self.layer_map == "last" or self.uses_hidden_states,
-             f"--layer_map {self.layer_map} needs --alpha_cos or --alpha_hidden_mse > 0")
-        if self.cache_teacher_logits:
-            need(self.teacher_name is not None, "--cache_teacher_logits needs --teacher_name")
-            need(not self.uses_hidden_states,
-                 "--cache_teacher_logits caches logits only: it cannot serve --alpha_cos/--alpha_hidden_mse")
-        need(self.save_best_metric is not None or not self.early_stopping_patience,
-             "--early_stopping_patience needs --save_best_metric (the metric that must improve)")
-        need(self.save_best_metric is None or bool(self.eval_file or self.validation_split),
-             f"--save_best_metric {self.save_best_metric} needs evaluation data: --eval_file or --validation_split")
+        validate(self)  # config_checks.py
 
     @property
     def uses_hidden_states(self) -> bool:
