@@ -102,7 +102,7 @@ class Distiller:
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
 
-        self.on_policy = OnPolicy(cfg, objective, tokenizer)  # --on_policy_fraction: steps on the student's own samples
+        self.on_policy = OnPolicy(cfg, objective, tokenizer, strategy)  # --on_policy_fraction: steps on the student's own samples
         self.eval_prompts = held_out_prompts(cfg, eval_dataset) if eval_dataset is not None else []
         self.folders = ModelFolders(cfg, objective, tokenizer, self.teacher.parameters(), env.is_main, strategy.full_state)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -202,7 +202,7 @@ class Distiller:
         group = [self.objective.prepare_batch(_to(b, self.device)) for b in group]
         sampled = self.on_policy.sampled(self.step)  # the same on every rank
         if sampled:  # the student answers the prompts itself; its own tokens are no hard labels
-            group = [self.on_policy.sample(b, self.model.student) for b in group]
+            group = [self.on_policy.sample(b, self.model) for b in group]
         alphas = {t: 0.0 if sampled and t == "task" else getattr(self.cfg, TERMS[t][0]) for t in self.terms}
         counts = [self.objective.counts(b) for b in group]
         counts = torch.stack([torch.stack([c[k].to(self.device).float() for k in COUNTS]) for c in counts]).sum(0)
@@ -276,7 +276,7 @@ class Distiller:
                            self.env, self.autocast, self.cfg.seed)
         if self.eval_prompts:  # --eval_generate: what the teacher thinks of the student's own answers
             with self.autocast():
-                metrics.update(self.on_policy.sample_metrics(self.eval_prompts, self.model.student, self.teacher.model, self.env))
+                metrics.update(self.on_policy.sample_metrics(self.eval_prompts, self.model, self.teacher.model, self.env))
         improved, stop = self.folders.after_eval(self.model, metrics, self.step, self.epoch_progress)
         self.last_eval, self.last_eval_step = metrics, self.step
         self.log.write({"step": self.step, "epoch": self.epoch_progress, **metrics}, "eval")

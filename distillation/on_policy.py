@@ -14,9 +14,12 @@ on its own samples it learns where its own mistakes lead. Per step:
   loss is weighted 0 on that step: the student's own tokens are no labels.
 The default --divergence is reverse KL when λ > 0 (config.py): on its own samples the student is
 pushed away from what the teacher finds unlikely (mode-seeking), as GKD, MiniLLM and on-policy
-distillation recipes do. Limits: instruction data (prompts), a live teacher (not a logits cache),
-no hidden-state losses, ddp or one process (fsdp would need every rank to generate in step).
+distillation recipes do. Under fsdp every rank generates in step (parallel.FSDPStrategy.generation). Limits: instruction data
+(prompts), a live teacher (not a logits cache), no hidden-state losses.
 """
+
+import contextlib
+import math
 
 import torch
 
@@ -25,8 +28,8 @@ from distillation.errors import InputError
 
 
 class OnPolicy:
-    def __init__(self, cfg, objective, tokenizer):
-        self.cfg, self.objective, self.tokenizer = cfg, objective, tokenizer
+    def __init__(self, cfg, objective, tokenizer, strategy):
+        self.cfg, self.objective, self.tokenizer, self.strategy = cfg, objective, tokenizer, strategy
 
     def sampled(self, step: int) -> bool:
         """Is optimizer step `step` (0-based) on the student's own samples?"""
@@ -36,41 +39,53 @@ class OnPolicy:
         return bool(torch.rand((), generator=generator) < self.cfg.on_policy_fraction)
 
     @torch.no_grad()
-    def sample_metrics(self, prompts: list, student, teacher, env) -> dict:
-        """--eval_generate: the student answers each prompt (draws seeded by (--seed, prompt), the
-        training RNG untouched); eval_teacher_nll is the teacher's mean NLL per answer token,
-        eval_sample_length the mean answer length, eval_sample_eos the share ending in EOS. The
-        prompts are split over the processes and gathered in order: the same at any count."""
-        mine = []
-        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-            for i in range(env.rank, len(prompts), env.world_size):
+    def sample_metrics(self, prompts: list, model, teacher, env) -> dict:
+        """--eval_generate: the student (in `model`, the StudentWithProjection trained) answers each
+        prompt (draws seeded by (--seed, prompt), the training RNG untouched); eval_teacher_nll is the
+        teacher's mean NLL per answer token, eval_sample_length the mean answer length,
+        eval_sample_eos the share ending in EOS. The prompts are split over the processes and
+        gathered in order: the same at any count. Every rank runs as many generations and teacher
+        forwards (a short rank repeats its first prompt and drops the result): fsdp's collectives."""
+        mine, rounds = [], math.ceil(len(prompts) / env.world_size)
+        indices = list(range(env.rank, len(prompts), env.world_size))
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []), self._generating(model) as generate:
+            for n, i in enumerate(indices + indices[:1] * (rounds - len(indices))):
                 torch.manual_seed(self.cfg.seed * 1_000_003 + i)
                 ids = torch.tensor([prompts[i]], device=env.device)
-                (answer, ended), = self._answers(student, ids, torch.ones_like(ids))
+                (answer, ended), = self._answers(generate, ids, torch.ones_like(ids))
                 sequence = torch.tensor([prompts[i] + answer], device=env.device)
                 log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
                 nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
-                mine.append((i, nll, len(answer), ended))
+                if n < len(indices):
+                    mine.append((i, nll, len(answer), ended))
         rows = sorted(row for part in all_gather_objects(mine, env) for row in part)
         tokens = sum(r[2] for r in rows)
         return {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
                 "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
 
-    def _answers(self, student, input_ids, attention_mask) -> list:
+    @contextlib.contextmanager
+    def _generating(self, model):
+        """The student's `generate` (parallel.py: how the processes take part), in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            with self.strategy.generation(model) as generate:
+                yield generate
+        finally:
+            model.train(was_training)
+
+    def _answers(self, generate, input_ids, attention_mask) -> list:
         """[(answer ids through the first EOS, whether it ended with EOS)] of each left-padded prompt
-        row: the student in eval mode, pure sampling at --generation_temperature, at most
-        --max_new_tokens within --max_seq_length."""
-        was_training = student.training
-        student.eval()
+        row: pure sampling at --generation_temperature, at most --max_new_tokens within
+        --max_seq_length."""
         width, eos = input_ids.shape[1], self.tokenizer.eos_token_id
-        out = student.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
-                               temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
-                               max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
-        student.train(was_training)
+        out = generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
+                       temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+                       max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
         return [(new[: new.index(eos) + 1], True) if eos in new else (new, False) for new in out[:, width:].tolist()]
 
     @torch.no_grad()
-    def sample(self, batch: dict, student) -> dict:
+    def sample(self, batch: dict, model) -> dict:
         """`batch` (collated, on the device) with each response replaced by the student's own."""
         device = batch["input_ids"].device
         prompts = [ids[:n].tolist() for ids, n in zip(batch["input_ids"], batch["prompt_len"].tolist())]
@@ -79,7 +94,8 @@ class OnPolicy:
         # Left-padded, as decoder-only generation wants.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        answers = self._answers(student, input_ids, attention_mask)
+        with self._generating(model) as generate:
+            answers = self._answers(generate, input_ids, attention_mask)
         examples = [{"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index}
                     for prompt, (answer, _), index in zip(prompts, answers, batch["index"].tolist())]
         rebuilt = self.objective.collate(examples)
@@ -117,9 +133,8 @@ def check_config(cfg, need) -> None:
         need(bool(cfg.teacher_name) and cfg.alpha_ce > 0, f"{flag}: needs --teacher_name and --alpha_ce > 0 (the student learns "
              "its own samples from the teacher)")
         need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
-        need(cfg.strategy == "ddp", f"{flag}: not yet with --strategy fsdp (every rank would have to generate in step); use ddp")
     if cfg.eval_generate:
         flag = f"--eval_generate {cfg.eval_generate}"
-        need(cfg.eval_generate > 0 and cfg.objective == "clm" and bool(cfg.teacher_name) and cfg.strategy == "ddp",
-             f"{flag}: needs --objective clm, a --teacher_name to score the answers and --strategy ddp (a positive count)")
+        need(cfg.eval_generate > 0 and cfg.objective == "clm" and bool(cfg.teacher_name),
+             f"{flag}: needs --objective clm and a --teacher_name to score the answers (a positive count)")
         need(bool(cfg.eval_file or cfg.validation_split), f"{flag}: needs held-out prompts (--eval_file or --validation_split)")

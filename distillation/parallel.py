@@ -2,7 +2,8 @@
 
 The Distiller calls one Strategy and never asks which: `wrap` gives the module it trains,
 `teacher` places the frozen teacher, `gradient_sync` says whether this micro-batch's backward
-reduces gradients (accumulation), `full_state` gathers the weights for saving. Checkpoints go
+reduces gradients (accumulation), `generation` gives the student's `generate` (on-policy
+samples, --eval_generate), `full_state` gathers the weights for saving. Checkpoints go
 through torch.distributed.checkpoint for both (distillation/checkpoint.py), which reads the
 per-parameter shards of either at any world size.
 
@@ -24,6 +25,7 @@ per-parameter shards of either at any world size.
 """
 
 import contextlib
+import functools
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -73,6 +75,12 @@ class Strategy:
         if sync or not self.env.is_distributed:
             return contextlib.nullcontext()
         return train_model.no_sync()
+
+    @contextlib.contextmanager
+    def generation(self, model: torch.nn.Module):
+        """The student's `generate` (`model`: the StudentWithProjection the optimizer trains). Each
+        process samples alone from the unwrapped student: DDP synchronises nothing in forward."""
+        yield model.student.generate
 
     def full_state(self, model: torch.nn.Module) -> dict:
         """`model`'s whole state dict, for the main process to save (called on every rank)."""
@@ -129,6 +137,24 @@ class FSDPStrategy(Strategy):
         if self.sharded:
             train_model.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def generation(self, model):
+        """Every rank generates in step: each block all-gathers its weights in its own forward, so a
+        rank whose answers have all ended keeps running forwards until every rank's have
+        (`synced_gpus`). The root's weights (embeddings, LM head) are gathered by one forward of a
+        single token through the root: generate calls the inner model, which the root's hooks do not
+        wrap, and FSDP2 takes the first module to run forward as its root (a block must not be)."""
+        if not self.sharded:
+            with super().generation(model) as generate:
+                yield generate
+            return
+        with torch.no_grad():
+            model({"input_ids": torch.zeros(1, 1, dtype=torch.long, device=self.env.device)}, logits=False)
+        try:
+            yield functools.partial(model.student.generate, synced_gpus=True)
+        finally:
+            model.reshard()  # as the next training forward expects to find it
 
     def full_state(self, model):
         """Gathered from the shards to CPU on the main process (a collective: every rank calls it)."""

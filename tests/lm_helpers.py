@@ -160,9 +160,10 @@ def llama_pair(root, n_train: int, student_layers: int, vocab_padding: int = 0) 
     return paths
 
 
-def last_json_at_one_and_two_processes(script_text: str, folder, args) -> dict:
+def last_json_at_one_and_two_processes(script_text: str, folder, args, fsdp: bool = False) -> dict:
     """{1: ..., 2: ...}: the last stdout line (JSON) of `script_text` (formatted with root=) run
-    with `args` by one process and by torchrun's two."""
+    with `args` by one process and by torchrun's two; with `fsdp`, also {"fsdp": ...}: two
+    processes with --strategy fsdp."""
     import json
     import subprocess
     import sys
@@ -173,8 +174,9 @@ def last_json_at_one_and_two_processes(script_text: str, folder, args) -> dict:
     with open(script, "w") as f:
         f.write(script_text.format(root=ROOT))
     runs = {}
-    for n, launcher in ((1, [sys.executable]), (2, TORCHRUN)):
-        proc = subprocess.run(launcher + [script] + list(map(str, args)), capture_output=True, text=True, timeout=240,
+    launches = [(1, [sys.executable], []), (2, TORCHRUN, [])] + [("fsdp", TORCHRUN, ["--strategy", "fsdp"])] * fsdp
+    for n, launcher, extra in launches:
+        proc = subprocess.run(launcher + [script] + list(map(str, [*args, *extra])), capture_output=True, text=True, timeout=240,
                               env=SUBPROCESS_ENV, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -5,8 +5,9 @@ import copy
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TORCHRUN, read_metrics, run_train, write_jsonl
+from conftest import TORCHRUN, read_metrics, run_train, save_model, write_jsonl
 from conftest import first_step as step_of
 from lm_helpers import CAUSAL_VOCAB, config, last_json_at_one_and_two_processes, llama_pair, single_thread  # noqa: F401 - a fixture
 from distillation.distributed import DistEnv
@@ -24,6 +25,12 @@ def pair(tmp_path_factory):
     rows = [{"instruction": "say why", "input": f"the {noun} {verb}", "output": f"it {verb} {adj}"}
             for noun in ("movie", "film", "plot", "actor") for verb in ("is", "was") for adj in ("good", "dull")]
     paths["instructions"] = write_jsonl(str(root / "instructions.jsonl"), rows)
+    # A student that often says EOS early: answers of several lengths, so that ranks finish
+    # generating at different forwards (what fsdp must keep in step).
+    student = AutoModelForCausalLM.from_pretrained(paths["student"])
+    with torch.no_grad():
+        student.get_output_embeddings().weight[2] *= 6
+    paths["eos_student"] = save_model(student, AutoTokenizer.from_pretrained(paths["student"]), str(root / "eos_student"))
     return paths
 
 
@@ -88,12 +95,13 @@ def test_a_student_equal_to_its_teacher_has_nothing_to_learn_on_its_own_samples(
 
 
 def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp_path):
-    common = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["student"], "--data_file",
+    common = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["eos_student"], "--data_file",
               pair["instructions"], "--prompt_template", TEMPLATE, "--max_seq_length", 16, "--batch_size", 2, "--no-group_by_size",
               "--log_interval", 1, "--max_steps", 6]
     runs = {}
     for name, extra, launcher in (("plain", [], None), ("zero", ["--on_policy_fraction", 0], None),
-                                  ("half", ["--on_policy_fraction", 0.5], None), ("half2", ["--on_policy_fraction", 0.5], TORCHRUN)):
+                                  ("half", ["--on_policy_fraction", 0.5], None), ("half2", ["--on_policy_fraction", 0.5], TORCHRUN),
+                                  ("fsdp", ["--on_policy_fraction", 0.5, "--strategy", "fsdp"], TORCHRUN)):
         proc = run_train([*map(str, common + extra), "--dump_path", str(tmp_path / name)], launcher=launcher)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = [r for r in read_metrics(tmp_path / name) if "loss" in r]
@@ -101,7 +109,10 @@ def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp
     assert [{k: v for k, v in r.items() if k not in drop} for r in runs["zero"]] == \
            [{k: v for k, v in r.items() if k not in drop} for r in runs["plain"]]
     decisions = [r["on_policy_share"] for r in runs["half"]]
-    assert decisions == [r["on_policy_share"] for r in runs["half2"]] and 0 < sum(decisions) < 6
+    assert decisions == [r["on_policy_share"] for r in runs["half2"]] == [r["on_policy_share"] for r in runs["fsdp"]]
+    assert 0 < sum(decisions) < 6
+    # fsdp samples what ddp samples: the same losses (the ranks' answers end at different lengths)
+    assert [r["loss"] for r in runs["fsdp"]] == pytest.approx([r["loss"] for r in runs["half2"]], rel=1e-4)
 
 
 SAMPLE_METRICS = """
@@ -114,8 +125,8 @@ from distillation.pipeline import build
 cfg = config_from_cli(sys.argv[1:])
 env = init_distributed()
 d, _ = build(cfg, env)
-first = d.on_policy.sample_metrics(d.eval_prompts, d.model.student, d.teacher.model, env)
-again = d.on_policy.sample_metrics(d.eval_prompts, d.model.student, d.teacher.model, env)
+first = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher.model, env)
+again = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher.model, env)
 if env.is_main:
     print(json.dumps([first, again]))
 shutdown(env)
@@ -125,11 +136,12 @@ shutdown(env)
 def test_eval_generate_is_the_same_at_one_and_two_processes(pair, tmp_path):
     """--eval_generate 5: the student's answers to 5 held-out prompts (seeded by prompt), scored
     by the teacher: the same metrics at 1 and 2 processes (the second rank answers 2 of the 5),
-    and the same at a second evaluation (the training RNG is not what draws them)."""
-    args = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["student"], "--data_file",
+    under ddp and fsdp (both models sharded: every rank generates and scores in step), and the
+    same at a second evaluation (the training RNG is not what draws them)."""
+    args = ["--objective", "clm", "--teacher_name", pair["teacher"], "--student_name", pair["eos_student"], "--data_file",
             pair["instructions"], "--eval_file", pair["instructions"], "--prompt_template", TEMPLATE, "--max_seq_length", 16,
             "--eval_generate", 5, "--dump_path", tmp_path / "unused", "--gradient_accumulation_steps", 1]
-    runs = last_json_at_one_and_two_processes(SAMPLE_METRICS, tmp_path, args)
-    one, two = runs[1], runs[2]
-    assert one[0] == one[1] == two[0] == two[1]
-    assert one[0]["eval_teacher_nll"] > 0 and 1 <= one[0]["eval_sample_length"] <= 16 and 0 <= one[0]["eval_sample_eos"] <= 1
+    runs = last_json_at_one_and_two_processes(SAMPLE_METRICS, tmp_path, args, fsdp=True)
+    one, two, sharded = runs[1], runs[2], runs["fsdp"]
+    assert one[0] == one[1] == two[0] == two[1] == sharded[0] == sharded[1]
+    assert one[0]["eval_teacher_nll"] > 0 and 1 <= one[0]["eval_sample_length"] <= 16 and 0 < one[0]["eval_sample_eos"] < 1
