@@ -59,14 +59,15 @@ def written(dump_file: str) -> Dict[Tuple[int, int], dict]:
 
 
 def generate_all(model, tokenizer, prompts: List[dict], dump_file: str, env, num_responses: int, max_new_tokens: int,
-                 temperature: float, top_p: float, seed: int) -> int:
+                 temperature: float, top_p: float, top_k: int, seed: int) -> int:
     """Answer this rank's prompts (every world_size-th), appending rows to its part file;
     returns how many rows it wrote now."""
     done = written(dump_file)
     mine = [i for i in range(env.rank, len(prompts), env.world_size)
             if any((i, r) not in done for r in range(num_responses))]
     model.eval()
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature > 0
+                else {"do_sample": False})
     count, part = 0, part_name(dump_file, env.rank, env.world_size)
     _drop_cut_line(part)
     with open(part, "a") as out, torch.no_grad():

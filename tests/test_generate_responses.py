@@ -65,6 +65,17 @@ def test_two_processes_write_the_one_process_file(writer, tmp_path, capsys):
     assert _rows(two) == _rows(one)
 
 
+def test_top_k_is_passed_to_generate(writer, tmp_path, capsys):
+    """--top_k 1 draws the most likely token: sampled responses equal the greedy ones (generate's
+    own fallback, top 50, would not cut this tiny vocabulary at all)."""
+    top1, greedy = str(tmp_path / "top1.jsonl"), str(tmp_path / "greedy.jsonl")
+    assert call_script(capsys, "generate_responses", *_args(writer, top1, "--top_k", 1))[0] == 0
+    args = _args(writer, greedy, "--temperature", 0)
+    args[args.index("--num_responses") + 1] = 1
+    assert call_script(capsys, "generate_responses", *args)[0] == 0
+    assert [r["output"] for r in _rows(top1)] == [r["output"] for r in _rows(greedy) for _ in range(2)]
+
+
 def test_bad_input_is_one_line_and_writes_nothing(writer, tmp_path, capsys):
     dump = str(tmp_path / "out.jsonl")
     no_instruction = write_jsonl(str(tmp_path / "bad.jsonl"), [{"prompt": "hi"}])

@@ -26,7 +26,7 @@ from distillation.errors import InputError
 from distillation.generation import check_dump_file, generate_all, join_parts, read_prompts
 from distillation.models import TORCH_DTYPES, load_config, load_tokenizer
 
-SETTINGS = ("model", "tokenizer_name", "prompt_template", "num_responses", "max_new_tokens", "temperature", "top_p", "seed", "dtype")
+SETTINGS = ("model", "tokenizer_name", "prompt_template", "num_responses", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "dtype")
 
 
 def parse_args(argv=None):
@@ -41,13 +41,16 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=256, help="Longest response (tokens); a response that reaches it is cut.")
     p.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature; 0 = greedy (then one response a prompt).")
     p.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling: the smallest set of tokens holding this much mass.")
+    p.add_argument("--top_k", type=int, default=0, help="Draw among the k most likely tokens only; 0 = no cut (not generate's "
+                   "fallback of 50, nor the model's generation_config: the flags say how the responses are drawn).")
     p.add_argument("--seed", type=int, default=DistillConfig.seed, help="Seed of the draws (prompt i uses its own, from this).")
     p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="The dtype the model is loaded in.")
     p.add_argument("--force", action="store_true", help="Write --dump_file again (and drop the parts of an unfinished run).")
     args = p.parse_args(argv)
     require_positive(args, "num_responses", "max_new_tokens")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise InputError(f"--temperature must be >= 0 and --top_p in (0, 1] (got {args.temperature:g}, {args.top_p:g})")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise InputError(f"--temperature and --top_k must be >= 0 and --top_p in (0, 1] (got {args.temperature:g}, {args.top_k}, "
+                         f"{args.top_p:g})")
     if args.temperature == 0 and args.num_responses > 1:
         raise InputError(f"--num_responses {args.num_responses}: greedy decoding (--temperature 0) writes the same response each time")
     return args
@@ -94,7 +97,7 @@ def _main(argv=None):
             json.dump(settings, f, indent=1)
     barrier(env)
     wrote = generate_all(model, tokenizer, prompts, args.dump_file, env, args.num_responses, args.max_new_tokens, args.temperature,
-                         args.top_p, args.seed)
+                         args.top_p, args.top_k, args.seed)
     rows = join_parts(args.dump_file, len(prompts), args.num_responses, env)
     if env.is_main:
         os.remove(args.dump_file + ".settings.json")
