@@ -112,3 +112,10 @@ def barrier(env: DistEnv) -> None:
 def shutdown(env: DistEnv) -> None:
     if env.is_distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def item_seed(seed: int, index: int) -> int:
+    """The seed of item `index` (a prompt, an evaluation batch, a step) of a run seeded with `seed`:
+    its draws depend on which item it is, not on which process takes it or when, so they are the
+    same at any process count and after a resume."""
+    return seed * 1_000_003 + index

@@ -10,7 +10,7 @@ that global order, so every evaluation, at any number of processes, scores the s
 import torch
 from torch.utils.data import DataLoader
 
-from distillation.distributed import all_gather_objects
+from distillation.distributed import all_gather_objects, item_seed
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
     stats = {}
     logits = model.token_losses.wants_logits  # False (--loss_chunk_rows): final hidden states, scored chunk by chunk
     for i, batch in enumerate(loader):
-        generator.manual_seed(seed * 1_000_003 + numbers[i])
+        generator.manual_seed(item_seed(seed, numbers[i]))
         batch = objective.prepare_batch({k: v.to(env.device) for k, v in batch.items()}, generator)
         with autocast():
             s_out, _ = model(objective.model_inputs(batch), logits=logits)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from distillation.data.lm_text import render_prompt
 from distillation.data.records import read_records
-from distillation.distributed import barrier
+from distillation.distributed import barrier, item_seed
 from distillation.errors import InputError
 
 
@@ -73,8 +73,7 @@ def generate_all(model, tokenizer, prompts: List[dict], dump_file: str, env, num
     with open(part, "a") as out, torch.no_grad():
         for i in tqdm(mine, desc="generate", unit="prompt", disable=not env.is_main):
             ids = tokenizer(prompts[i]["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"].to(env.device)
-            generator_seed = seed * 1_000_003 + i  # this prompt's draws, wherever and whenever it runs
-            torch.manual_seed(generator_seed)
+            torch.manual_seed(item_seed(seed, i))  # this prompt's draws, wherever and whenever it runs
             outputs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                      num_return_sequences=num_responses, pad_token_id=tokenizer.pad_token_id, **sampling)
             for r, sequence in enumerate(outputs):

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from distillation.distributed import all_gather_objects
+from distillation.distributed import all_gather_objects, item_seed
 from distillation.errors import InputError
 
 
@@ -35,7 +35,7 @@ class OnPolicy:
         """Is optimizer step `step` (0-based) on the student's own samples?"""
         if self.cfg.on_policy_fraction <= 0:
             return False
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(item_seed(self.cfg.seed, step))
         return bool(torch.rand((), generator=generator) < self.cfg.on_policy_fraction)
 
     @torch.no_grad()
@@ -50,7 +50,7 @@ class OnPolicy:
         indices = list(range(env.rank, len(prompts), env.world_size))
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []), self._generating(model) as generate:
             for n, i in enumerate(indices + indices[:1] * (rounds - len(indices))):
-                torch.manual_seed(self.cfg.seed * 1_000_003 + i)
+                torch.manual_seed(item_seed(self.cfg.seed, i))
                 ids = torch.tensor([prompts[i]], device=env.device)
                 (answer, ended), = self._answers(generate, ids, torch.ones_like(ids))
                 sequence = torch.tensor([prompts[i] + answer], device=env.device)
