@@ -54,15 +54,16 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
     if given:
         role = next(r for r, f in ROLES.items() if f in given)
         raise InputError(f"{SOURCE}: give {role}= rather than {next(iter(given))}=")
-    in_memory = [role for role, model in (("teacher", teacher), ("student", student)) if model is not None and not isinstance(model, str)]
+    teacher, student, tokenizer, train_data, eval_data = map(_path, (teacher, student, tokenizer, train_data, eval_data))
+    in_memory = [role for role, model in (("teacher", teacher), ("student", student)) if _in_memory(model)]
     for role, model in (("teacher", teacher), ("student", student)):
         if role in in_memory and not isinstance(model, transformers.PreTrainedModel):
             raise InputError(f"{SOURCE}: {role}= must be a name, a folder or a transformers PreTrainedModel (got {type(model).__name__})")
     if in_memory and tokenizer is None:
         raise InputError(f"{SOURCE}: give tokenizer= with an in-memory {in_memory[0]} (it is saved beside the model for the run)")
-    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    options = {k: _path(v) for k, v in options.items()}
     with tempfile.TemporaryDirectory(prefix="distil-") as staging, _quiet_transformers():
-        tok = tokenizer if tokenizer is None or isinstance(tokenizer, str) else _save(tokenizer, os.path.join(staging, "tokenizer"))
+        tok = _save(tokenizer, os.path.join(staging, "tokenizer")) if _in_memory(tokenizer) else tokenizer
         values = {"objective": objective, "teacher_name": _model(teacher, "teacher", staging, tokenizer),
                   "student_name": _model(student, "student", staging, tokenizer), "tokenizer_name": tok,
                   "data_file": _data(train_data, "train_data", staging), "eval_file": _data(eval_data, "eval_data", staging),
@@ -78,7 +79,7 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
     if summary.get("interrupted"):
         print(f"{SOURCE}: interrupted after step {summary['step']}: result.student is the student as it was given; the "
               f"trained weights are in {os.path.join(cfg.dump_path, 'checkpoint')}, which the same call with resume=True continues")
-    return DistilResult(summary, trained, tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else loaded_tokenizer)
+    return DistilResult(summary, trained, tokenizer if _in_memory(tokenizer) else loaded_tokenizer)
 
 
 @contextlib.contextmanager
@@ -107,12 +108,22 @@ def _staged_names(message: str, staging: str) -> str:
 
 def _model(model, role: str, staging: str, tokenizer) -> Optional[str]:
     """A name or folder as given; an in-memory model saved (with the tokenizer) and its folder."""
-    if model is None or isinstance(model, str):
+    if not _in_memory(model):
         return model
     folder = _save(model, os.path.join(staging, role))
-    if tokenizer is not None and not isinstance(tokenizer, str):
+    if _in_memory(tokenizer):
         tokenizer.save_pretrained(folder)
     return folder
+
+
+def _path(value):
+    """A pathlib path as the str the options take; anything else as it is."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _in_memory(value) -> bool:
+    """A Python object to stage (a model, tokenizer or dataset) rather than a name or path."""
+    return value is not None and not isinstance(value, str)
 
 
 def _save(obj, folder: str) -> str:
@@ -122,8 +133,8 @@ def _save(obj, folder: str) -> str:
 
 def _data(data, role: str, staging: str) -> Optional[str]:
     """A path as given; a datasets.Dataset or a list of dicts written as jsonl, and its path."""
-    if data is None or isinstance(data, (str, os.PathLike)):
-        return None if data is None else os.fspath(data)
+    if not _in_memory(data):
+        return data
     rows = data.to_list() if hasattr(data, "to_list") else data
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise InputError(f"{SOURCE}: {role}= must be a path, a datasets.Dataset or a list of dicts (got {type(data).__name__})")

@@ -4,6 +4,7 @@ and data in memory, with the command line's errors raised as InputError."""
 import copy
 import json
 import os
+import pathlib
 import signal
 
 import pytest
@@ -111,7 +112,8 @@ def test_an_interrupt_leaves_a_checkpoint_that_resume_true_continues(assets, tmp
     monkeypatch.setattr(Distiller, "_step", interrupted_at_step_2)
     run = {"teacher": assets["teacher"], "student": assets["student"], "train_data": _rows(assets["train"]),
            "objective": "sequence_classification", "n_epoch": 1, "batch_size": 16, "learning_rate": 1e-3}
-    first = distil(**run, dump_path=tmp_path / "run")  # a pathlib.Path, as notebooks write them
+    # pathlib paths, as notebooks write them
+    first = distil(**{**run, "teacher": pathlib.Path(assets["teacher"])}, dump_path=tmp_path / "run")
     assert first.summary["interrupted"] and first.summary["step"] == 2 and first.summary["final"] is None
     assert "distil(): interrupted after step 2: result.student is the student as it was given" in capsys.readouterr().out
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "complete.json")
