@@ -39,13 +39,14 @@ class OnPolicy:
         return bool(torch.rand((), generator=generator) < self.cfg.on_policy_fraction)
 
     @torch.no_grad()
-    def sample_metrics(self, prompts: list, model, teacher, env) -> dict:
+    def sample_metrics(self, prompts: list, model, teacher, env) -> tuple:
         """--eval_generate: the student (in `model`, the StudentWithProjection trained) answers each
-        prompt (draws seeded by (--seed, prompt), the training RNG untouched); eval_teacher_nll is the
-        teacher's mean NLL per answer token, eval_sample_length the mean answer length,
-        eval_sample_eos the share ending in EOS. The prompts are split over the processes and
-        gathered in order: the same at any count. Every rank runs as many generations and teacher
-        forwards (a short rank repeats its first prompt and drops the result): fsdp's collectives."""
+        prompt (draws seeded by (--seed, prompt), the training RNG untouched). Returns the metrics
+        (eval_teacher_nll: the teacher's mean NLL per answer token, eval_sample_length: the mean
+        answer length, eval_sample_eos: the share ending in EOS) and the answers, one dict each, to
+        read beside them. The prompts are split over the processes and gathered in order: the same
+        at any count. Every rank runs as many generations and teacher forwards (a short rank repeats
+        its first prompt and drops the result): fsdp's collectives."""
         mine, rounds = [], math.ceil(len(prompts) / env.world_size)
         indices = list(range(env.rank, len(prompts), env.world_size))
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []), self._generating(model) as generate:
@@ -57,11 +58,14 @@ class OnPolicy:
                 log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
                 nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
                 if n < len(indices):
-                    mine.append((i, nll, len(answer), ended))
+                    mine.append((i, nll, answer, ended))
         rows = sorted(row for part in all_gather_objects(mine, env) for row in part)
-        tokens = sum(r[2] for r in rows)
-        return {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
-                "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
+        tokens = sum(len(r[2]) for r in rows)
+        metrics = {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
+                   "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
+        answers = [{"prompt_index": i, "prompt": self.tokenizer.decode(prompts[i]), "answer": self.tokenizer.decode(answer),
+                    "ended_with_eos": ended, "teacher_nll": nll / max(len(answer), 1)} for i, nll, answer, ended in rows]
+        return metrics, answers
 
     @contextlib.contextmanager
     def _generating(self, model):

@@ -20,7 +20,7 @@ from distillation.memory_plan import plan_of_run
 
 class RunLog:
     def __init__(self, dump_path: str, enabled: bool):
-        self.enabled = enabled
+        self.enabled, self.dump_path = enabled, dump_path
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
@@ -44,6 +44,13 @@ class RunLog:
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(f"{group}/{key}", value, record["step"])
         self.writer.flush()
+
+    def answers(self, step: int, answers: list) -> None:
+        """--eval_generate: the student's answers at this evaluation, appended to eval_answers.jsonl
+        (the numbers say how the teacher rates them; the text says what they are)."""
+        if self.enabled:
+            with open(os.path.join(self.dump_path, "eval_answers.jsonl"), "a") as f:
+                f.writelines(json.dumps({"step": step, **answer}) + "\n" for answer in answers)
 
     def close(self) -> None:
         if self.enabled:

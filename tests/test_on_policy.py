@@ -2,6 +2,7 @@
 answers to the prompts, scored by the teacher at exactly the sampled tokens through EOS."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -100,7 +101,8 @@ def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp
               "--log_interval", 1, "--max_steps", 6]
     runs = {}
     for name, extra, launcher in (("plain", [], None), ("zero", ["--on_policy_fraction", 0], None),
-                                  ("half", ["--on_policy_fraction", 0.5], None), ("half2", ["--on_policy_fraction", 0.5], TORCHRUN),
+                                  ("half", ["--on_policy_fraction", 0.5, "--eval_file", pair["instructions"], "--eval_generate", 3], None),
+                                  ("half2", ["--on_policy_fraction", 0.5], TORCHRUN),
                                   ("fsdp", ["--on_policy_fraction", 0.5, "--strategy", "fsdp"], TORCHRUN)):
         proc = run_train([*map(str, common + extra), "--dump_path", str(tmp_path / name)], launcher=launcher)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -111,6 +113,8 @@ def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp
     decisions = [r["on_policy_share"] for r in runs["half"]]
     assert decisions == [r["on_policy_share"] for r in runs["half2"]] == [r["on_policy_share"] for r in runs["fsdp"]]
     assert 0 < sum(decisions) < 6
+    answers = [json.loads(line) for line in open(tmp_path / "half" / "eval_answers.jsonl")]  # the final evaluation's
+    assert [(a["step"], a["prompt_index"]) for a in answers] == [(6, 0), (6, 1), (6, 2)]
     # fsdp samples what ddp samples: the same losses (the ranks' answers end at different lengths)
     assert [r["loss"] for r in runs["fsdp"]] == pytest.approx([r["loss"] for r in runs["half2"]], rel=1e-4)
 
@@ -144,4 +148,7 @@ def test_eval_generate_is_the_same_at_one_and_two_processes(pair, tmp_path):
     runs = last_json_at_one_and_two_processes(SAMPLE_METRICS, tmp_path, args, fsdp=True)
     one, two, sharded = runs[1], runs[2], runs["fsdp"]
     assert one[0] == one[1] == two[0] == two[1] == sharded[0] == sharded[1]
-    assert one[0]["eval_teacher_nll"] > 0 and 1 <= one[0]["eval_sample_length"] <= 16 and 0 < one[0]["eval_sample_eos"] < 1
+    metrics, answers = one[0]
+    assert metrics["eval_teacher_nll"] > 0 and 1 <= metrics["eval_sample_length"] <= 16 and 0 < metrics["eval_sample_eos"] < 1
+    assert [a["prompt_index"] for a in answers] == list(range(5)) and all(a["prompt"].endswith("A:") for a in answers)
+    assert sum(a["ended_with_eos"] for a in answers) / 5 == metrics["eval_sample_eos"]
