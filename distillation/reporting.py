@@ -134,14 +134,15 @@ def run_header(d, fresh_weights) -> list:
     if cfg.lora_r:
         trained = sum(p.numel() for p in d.model.student.parameters() if p.requires_grad)
         student += f", LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g}: {millions(trained)} parameters trained"
-    evaluation = f"{n_eval:,} evaluation examples ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
+    evaluation = f"{n_eval:,} evaluation {getattr(d.eval_dataset, 'unit', 'examples')} ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size
+    read = f": {d.train_dataset.read}" if getattr(d.train_dataset, "read", "") else ""  # a text file: its lines and tokens
     n_unlabelled = getattr(d.train_dataset, "unlabelled", 0)
     unlabelled = (f"{' + ' + cfg.unlabelled_file if cfg.unlabelled_file else ''}: {len(d.train_dataset) - n_unlabelled:,} labelled, "
                   f"{n_unlabelled:,} unlabelled, on the teacher's soft targets only") if n_unlabelled else ""
     lines = [
         f"{cfg.objective}: {teacher} -> {student}",
-        f"data: {len(d.train_dataset):,} training examples ({cfg.data_file}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
+        f"data: {len(d.train_dataset):,} training {getattr(d.train_dataset, 'unit', 'examples')} ({cfg.data_file}{read}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
         (f"steps: {d.total_steps} (--max_steps; an epoch is {d.steps_per_epoch}; " if cfg.max_steps else
          f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (") + f"batch {cfg.batch_size} x "
         f"{cfg.gradient_accumulation_steps} accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",

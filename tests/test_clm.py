@@ -2,6 +2,7 @@
 distillation from a teacher trained in the test."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -107,6 +108,9 @@ def test_text_file_becomes_blocks_of_max_seq_length(lm):
     flat = [i for line in ids for i in line]
     assert sum(dataset.lengths) == len(flat) and set(dataset.lengths[:-1]) == {16}
     assert [i for k in range(len(dataset)) for i in dataset[k]["input_ids"]] == flat
+    with open(lm["train"]) as f:
+        n_lines = len(f.readlines())
+    assert (dataset.unit, dataset.read) == ("blocks of 16 tokens", f"{n_lines:,} lines, {len(flat):,} tokens")  # for the header
     batch = objective.collate([dataset[0], dataset[len(dataset) - 1]])
     assert objective.counts(batch)["task"] == 15 + dataset.lengths[-1] - 1
 
@@ -124,7 +128,7 @@ def _llama(hidden, layers, vocab_size=len(CAUSAL_VOCAB), **kw):
                        eos_token_id=2, pad_token_id=3, **kw)
 
 
-def test_clm_distillation_lowers_heldout_loss(lm):
+def test_clm_distillation_lowers_heldout_loss(lm, capsys):
     """Teacher: a Llama trained here on the text file. Student: a smaller Llama distilled from it
     on the same text binarized (both data paths), compared on held-out text before and after."""
     root = lm["root"]
@@ -134,6 +138,8 @@ def test_clm_distillation_lowers_heldout_loss(lm):
               "log_interval": 5, "learning_rate": 3e-3, "max_seq_length": 32}
     run(config(**common, data_file=lm["train"], student_config=str(teacher_cfg), tokenizer_name=lm["tok"],
                dump_path=str(root / "teacher"), max_steps=40, warmup_prop=0.0))
+    assert re.search(rf"data: \d+ training blocks of 32 tokens \({re.escape(lm['train'])}: \d+ lines, [\d,]+ tokens\), "
+                     r"\d+ evaluation blocks of 32 tokens", capsys.readouterr().out)
     binarized = write_binarized(root / "train.pickle", lm["tokenizer"], sentences(200, seed=1))
     torch.manual_seed(0)
     init = save_model(LlamaForCausalLM(_llama(32, 1)), lm["tokenizer"], str(root / "student_init"))

@@ -32,8 +32,10 @@ ALPACA_PROMPT_NO_INPUT = (
 class TokenSequences(Dataset):
     """Items `{"input_ids": list, "prompt_len": int, "index": i}`; `lengths` for the sampler."""
 
-    def __init__(self, input_ids: List[List[int]], prompt_lens: List[int], unk_id: Optional[int], dropped: int = 0):
+    def __init__(self, input_ids: List[List[int]], prompt_lens: List[int], unk_id: Optional[int], dropped: int = 0,
+                 unit: str = "examples", read: str = ""):
         self.input_ids, self.prompt_lens = input_ids, prompt_lens
+        self.unit, self.read = unit, read  # for the run's header: what an item is, what the file held
         self.dropped = dropped  # records left out (the run's header says how many and why)
         # Share of the targets the tokenizer could not read (the header warns when it is high).
         targets = [t for ids, n in zip(input_ids, prompt_lens) for t in ids[n:]]
@@ -99,7 +101,7 @@ def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines:
         f = open(path, encoding="utf-8")
     except OSError:
         raise InputError(f"{flag}: no such file '{path}'") from None
-    chunks = []
+    chunks, n_lines = [], 0
     with f:
         while True:
             try:
@@ -108,6 +110,7 @@ def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines:
                 raise InputError(f"{flag}: '{path}' is not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not lines:
                 break
+            n_lines += len(lines)
             ids = tokenizer(lines, add_special_tokens=False)["input_ids"]
             chunks.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64))
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
@@ -115,4 +118,5 @@ def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines:
     blocks = [b for b in blocks if len(b) >= 2]  # one token predicts nothing
     if not blocks:
         raise InputError(f"{flag}: '{path}' holds fewer than 2 tokens of text")
-    return TokenSequences(blocks, [0] * len(blocks), tokenizer.unk_token_id)
+    return TokenSequences(blocks, [0] * len(blocks), tokenizer.unk_token_id,
+                          unit=f"blocks of {max_len} tokens", read=f"{n_lines:,} lines, {len(tokens):,} tokens")
