@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from transformers import AutoTokenizer
 
 from conftest import ROOT, SUBPROCESS_ENV, train_in_process, write_jsonl
+from distillation.data.lm_text import load_instructions
 from lm_helpers import call_script, llama_pair, single_thread  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,6 +51,11 @@ def test_responses_are_instruction_data_and_an_interrupted_file_resumes_to_the_s
     cut = str(tmp_path / "cut.jsonl")
     assert call_script(capsys, "generate_responses", *_args(writer, cut))[0] == 0
     assert _rows(cut) == rows
+    # A response cut by --max_new_tokens is no ending: clm reads it without an EOS.
+    tokenizer = AutoTokenizer.from_pretrained(writer["teacher"])
+    dataset = load_instructions(full, "--data_file", tokenizer, 64, None)
+    ends = [dataset[i]["input_ids"][-1] == tokenizer.eos_token_id for i in range(len(dataset))]
+    assert ends == [r["ended_with_eos"] for r in rows] and 0 < sum(ends) < len(rows)
     # The file trains a student as instruction data.
     assert train_in_process(["--objective", "clm", "--student_name", writer["student"], "--data_file", full, "--max_steps", 2,
                              "--batch_size", 4, "--gradient_accumulation_steps", 1, "--dump_path", tmp_path / "student"]) == 0

@@ -65,16 +65,19 @@ def render_prompt(instruction: str, extra: str, tokenizer, template: Optional[st
 def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str]) -> TokenSequences:
     """Instruction records -> prompt + response + eos ids, truncated to `max_len`; records whose
     prompt leaves no room for a response token are dropped. Every record needs a string
-    `instruction` and `output`; `input` may be missing, null or a string."""
+    `instruction` and `output`; `input` may be missing, null or a string. A record whose
+    `ended_with_eos` is false (generate_responses.py: cut by --max_new_tokens) gets no EOS: the
+    student must not learn to stop where the writer was stopped."""
     records = read_records(path, flag)
     if "instruction" not in records[0] or "output" not in records[0]:
         raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
                                "instruction/input/output records, a .txt file or a binarized dataset")
-    prompts, outputs = [], []
+    prompts, outputs, ended = [], [], []
     for i, record in enumerate(records):
         instruction = records.column(i, "instruction", "instruction field")
         extra = records.column(i, "input", "input field", nullable=True) if "input" in record else None
         outputs.append(records.column(i, "output", "output field"))
+        ended.append("ended_with_eos" not in record or records.column(i, "ended_with_eos", "ended_with_eos field", kinds=(bool,)))
         prompts.append(render_prompt(instruction, extra or "", tokenizer, template))
     chat = template is None and bool(getattr(tokenizer, "chat_template", None))
     # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
@@ -85,10 +88,10 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
     responses = tokenizer(outputs, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     input_ids, prompt_lens = [], []
-    for prompt, response in zip(prompt_ids, responses):
+    for prompt, response, end in zip(prompt_ids, responses, ended):
         if len(prompt) >= max_len:
             continue
-        input_ids.append((prompt + response + eos)[:max_len])
+        input_ids.append((prompt + response + eos * end)[:max_len])
         prompt_lens.append(len(prompt))
     if not input_ids:
         raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
