@@ -95,17 +95,21 @@ class Window:
 
 # --- console lines -----------------------------------------------------------------------------
 HIDDEN = ("examples", "predicted_classes")  # in metrics.jsonl, not on the console line
+ANSWERS = ("eval_teacher_nll", "eval_sample_length", "eval_sample_eos")  # --eval_generate
 
 
 def eval_line(step: int, epoch: float, metrics: dict, improved: bool = False) -> str:
     """`eval step 94 (epoch 1.00) | student loss 0.65 accuracy 0.7210 | teacher ... | agreement 0.9050`."""
-    student = {k[5:]: v for k, v in metrics.items() if not k.startswith("eval_teacher_")}
-    teacher = {k[13:]: v for k, v in metrics.items() if k.startswith("eval_teacher_") and k != "eval_teacher_agreement"}
+    between = ("eval_teacher_agreement", *ANSWERS)  # the student against the teacher, on their own
+    student = {k[5:]: v for k, v in metrics.items() if not k.startswith("eval_teacher_") and k not in between}
+    teacher = {k[13:]: v for k, v in metrics.items() if k.startswith("eval_teacher_") and k not in between}
     parts = [f"eval step {step} (epoch {epoch:.2f})", "student " + _numbers(student)]
     if teacher:
         parts.append("teacher " + _numbers(teacher))
     if "eval_teacher_agreement" in metrics:
         parts.append(f"agreement {metrics['eval_teacher_agreement']:.4f}")
+    if ANSWERS[0] in metrics:
+        parts.append("the student's answers: teacher NLL {:.4g}, length {:.4g}, ending in EOS {:.4g}".format(*map(metrics.get, ANSWERS)))
     line = " | ".join(parts) + (" (best so far)" if improved else "")
     if student.get("predicted_classes") == 1:
         line += "\n  warning: the student predicts one class for every evaluation example; check --learning_rate and the labels"
@@ -200,7 +204,7 @@ def run_summary(d, summary) -> list:
     lines = [f"{how}: step {summary['step']} (epoch {summary['epoch']:.2f}) in {duration(summary['wall_time_s'])}{speed}"]
     if d.last_eval:
         lines.append(f"last eval (step {d.last_eval_step}): " + _numbers({k[5:]: v for k, v in d.last_eval.items()
-                                                                          if not k.startswith("eval_teacher_")}))
+                                                                          if not k.startswith("eval_teacher_") or k in ANSWERS}))
     if summary.get("teacher_cache"):
         cache = summary["teacher_cache"]
         lines.append(f"teacher cache: {cache['served_from_cache']:,} of {cache['training_examples']:,} training examples served "

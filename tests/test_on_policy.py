@@ -107,6 +107,9 @@ def test_lambda_0_is_the_off_policy_run_and_two_processes_decide_alike(pair, tmp
         proc = run_train([*map(str, common + extra), "--dump_path", str(tmp_path / name)], launcher=launcher)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = [r for r in read_metrics(tmp_path / name) if "loss" in r]
+        if name == "half":
+            nll = [r for r in read_metrics(tmp_path / name) if "eval_loss" in r][-1]["eval_teacher_nll"]
+            assert f"the student's answers: teacher NLL {nll:.4g}, length" in proc.stdout and f"teacher_nll {nll:.4g}" in proc.stdout
     drop = ("examples_per_s", "tokens_per_s", "memory_mb")
     assert [{k: v for k, v in r.items() if k not in drop} for r in runs["zero"]] == \
            [{k: v for k, v in r.items() if k not in drop} for r in runs["plain"]]
