@@ -41,8 +41,7 @@ def run(cfg) -> dict:
     barrier(env)
     distiller.open_log(fresh)
     summary = distiller.train()
-    barrier(env)  # rank 0 may still be saving final/: leave the group together
-    shutdown(env)
+    shutdown(env)  # every rank together: rank 0 may still be saving final/
     return summary
 
 
