@@ -14,8 +14,8 @@ on its own samples it learns where its own mistakes lead. Per step:
   loss is weighted 0 on that step: the student's own tokens are no labels.
 The default --divergence is reverse KL when λ > 0 (config.py): on its own samples the student is
 pushed away from what the teacher finds unlikely (mode-seeking), as GKD, MiniLLM and on-policy
-distillation recipes do. Under fsdp every rank generates in step (parallel.FSDPStrategy.generation). Limits: instruction data
-(prompts), a live teacher (not a logits cache), no hidden-state losses.
+distillation recipes do. Under fsdp every rank generates in step (parallel.FSDPStrategy.generation).
+Limits: instruction data (prompts), a live teacher (not a logits cache), no hidden-state losses.
 """
 
 import contextlib

@@ -14,9 +14,8 @@ class Subset(Dataset):
 
     def __init__(self, dataset, indices: List[int]):
         self.dataset, self.indices = dataset, indices
-        self.unit = getattr(dataset, "unit", "examples")
         self.lengths = [dataset.lengths[i] for i in indices]
-        for attr in ("num_labels", "label2id"):  # what objectives read off a dataset
+        for attr in ("num_labels", "label2id", "unit"):  # what objectives and the run's header read off a dataset
             if hasattr(dataset, attr):
                 setattr(self, attr, getattr(dataset, attr))
 
