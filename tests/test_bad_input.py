@@ -80,6 +80,16 @@ def test_unknown_objective_and_flag(assets, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_abbreviated_flag_is_unknown(assets, tmp_path, capsys):
+    """argparse would take --learning_rat for --learning_rate; distil() refuses the same name."""
+    assert _fails(train_args(assets, tmp_path / "run") + ["--learning_rat", "1e-3"], capsys, "--learning_rat") == \
+        "error: --learning_rat: unknown flag"
+    assert not (tmp_path / "run").exists()
+    from distillation.cli.token_counts import main  # every script's parser is distillation.cli.ArgumentParser
+
+    assert main(["--data_fil", "x"]) == 2 and "unrecognized arguments: --data_fil x" in capsys.readouterr().err
+
+
 def test_malformed_config_json(assets, tmp_path, capsys):
     bad = tmp_path / "config.json"
     bad.write_text('{"alpha_ce": 0.5,')

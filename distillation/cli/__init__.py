@@ -37,7 +37,12 @@ def command(run):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as an InputError (one line, exit 2), not a usage dump."""
+    """argparse that reports a bad flag as an InputError (one line, exit 2), not a usage dump.
+    No abbreviated flags: `--learning_rat` taken as `--learning_rate` would hide a typo, and a
+    flag added later could make an abbreviation that worked ambiguous (distil() takes whole names only)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         raise InputError(message.removeprefix("argument "))
