@@ -106,14 +106,19 @@ def load_tokenizer(cfg):
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
         raise InputError(f"{flag}: cannot load a tokenizer from '{name}' ({_first_line(err)})") from None
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        # transformers builds an empty tokenizer from a folder without tokenizer files: every word would be unknown
+    if not has_vocabulary(tokenizer):  # every word would be unknown
         raise InputError(f"{flag}: '{name}' has no tokenizer files (its tokenizer holds only its {len(tokenizer)} special tokens); "
                          "give --tokenizer_name")
     if tokenizer.pad_token is None:
         # Causal LMs ship without a pad token; padding positions are masked out anyway.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def has_vocabulary(tokenizer) -> bool:
+    """False for what transformers builds from a model folder without tokenizer files: a tokenizer
+    of its special tokens alone, which is no tokenizer of the model."""
+    return len(tokenizer) > len(tokenizer.all_special_tokens)
 
 
 def load_teacher(cfg, objective, config, on_meta: bool = False):
@@ -229,15 +234,17 @@ def check_pair(teacher, student, tokenizer) -> None:
 
 
 def check_tokenizers(cfg, tokenizer) -> None:
-    """A pretrained student with its own tokenizer must use the teacher's vocabulary."""
+    """A pretrained student with its own tokenizer must use the run's vocabulary (--tokenizer_name's,
+    else the teacher's); one without tokenizer files reads the run's ids."""
     if not (cfg.teacher_name and cfg.student_name):
         return
     try:
         other = AutoTokenizer.from_pretrained(cfg.student_name)
     except (OSError, ValueError, KeyError):
-        return  # no tokenizer beside the student: it reads the teacher's ids
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise InputError("--student_name has a different vocabulary from --teacher_name: teacher and student must share a tokenizer")
+        return
+    if has_vocabulary(other) and other.get_vocab() != tokenizer.get_vocab():
+        used = "--tokenizer_name" if cfg.tokenizer_name else "--teacher_name"
+        raise InputError(f"--student_name has a different vocabulary from {used}: teacher and student must share a tokenizer")
 
 
 def model_identity(model) -> str:

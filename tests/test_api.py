@@ -133,3 +133,26 @@ def test_a_model_folder_without_tokenizer_files_is_refused(assets, tmp_path, cap
     assert train_in_process(train_args(assets, tmp_path / "run", "--teacher_name", bare, "--student_name", bare)) == 2
     assert f"--teacher_name: '{bare}' has no tokenizer files (its tokenizer holds only its" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_folder_without_tokenizer_files_is_no_tokenizer_of_its_own(assets, tmp_path, capsys):
+    """tokenizer= / --tokenizer_name says which tokenizer a run uses: a student saved without
+    tokenizer files (an in-memory one is staged so) is not "a different vocabulary". A student
+    folder with a tokenizer of other words still is."""
+    from transformers import BertTokenizerFast
+
+    tokenizer = str(tmp_path / "tokenizer")
+    AutoTokenizer.from_pretrained(assets["teacher"]).save_pretrained(tokenizer)
+    student = AutoModelForSequenceClassification.from_pretrained(assets["student"])
+    quick = {"objective": "sequence_classification", "max_steps": 1, "batch_size": 16}
+    distil(teacher=assets["teacher"], student=student, tokenizer=tokenizer, train_data=_rows(assets["train"]),
+           dump_path=str(tmp_path / "api"), **quick)
+    bare = tmp_path / "bare"
+    student.save_pretrained(bare)
+    assert train_in_process(train_args(assets, tmp_path / "cli", "--student_name", bare, "--tokenizer_name", tokenizer,
+                                       "--max_steps", 1)) == 0
+    (tmp_path / "words.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "other", "words"]) + "\n")
+    BertTokenizerFast(vocab=str(tmp_path / "words.txt")).save_pretrained(bare)
+    capsys.readouterr()
+    assert train_in_process(train_args(assets, tmp_path / "other", "--student_name", bare, "--tokenizer_name", tokenizer)) == 2
+    assert "--student_name has a different vocabulary from --tokenizer_name" in capsys.readouterr().err
