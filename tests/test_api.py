@@ -156,3 +156,25 @@ def test_a_model_folder_without_tokenizer_files_is_no_tokenizer_of_its_own(asset
     capsys.readouterr()
     assert train_in_process(train_args(assets, tmp_path / "other", "--student_name", bare, "--tokenizer_name", tokenizer)) == 2
     assert "--student_name has a different vocabulary from --tokenizer_name" in capsys.readouterr().err
+
+
+def test_a_call_keeps_no_dataset_alive(assets, tmp_path, monkeypatch):
+    """The token-id digests of the run's data (checkpoint fingerprint, cache check) are kept for as
+    long as the dataset lives, not after the call."""
+    import gc
+    import weakref
+
+    from distillation import checkpoint
+    from distillation.data.identity import example_digests
+
+    seen = []
+
+    def spy(dataset):
+        seen.append(weakref.ref(dataset))
+        return example_digests(dataset)
+
+    monkeypatch.setattr(checkpoint, "example_digests", spy)
+    distil(teacher=assets["teacher"], student=assets["student"], train_data=_rows(assets["train"]), eval_data=_rows(assets["test"]),
+           objective="sequence_classification", dump_path=str(tmp_path / "run"), max_steps=1, batch_size=16)
+    gc.collect()
+    assert seen and all(ref() is None for ref in seen)

@@ -10,6 +10,7 @@ into an example's prompt and the rest so that the error can say which part moved
 import functools
 import hashlib
 import os
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -40,13 +41,23 @@ def _digest(ids) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
 
 
-@functools.lru_cache(maxsize=4)  # by dataset object: the cache check and the checkpoint fingerprint share it
+# By dataset object, for as long as it lives: the cache check and the checkpoint fingerprint share
+# the digests, and a dataset (a distil() call's) is not kept alive past its run.
+_DIGESTS = weakref.WeakKeyDictionary()
+
+
 def example_digests(dataset) -> Optional[np.ndarray]:
     """[n, 4] int64, one row per example (columns PROMPT, REST, PROMPT_LEN, LENGTH), or None for
     a dataset whose ids are read from a binarized file (`ids_from_file`): there the file's
     sha256 and --max_seq_length already fix them, and hashing billions of tokens would not pay."""
     if getattr(dataset, "ids_from_file", False):
         return None
+    if dataset not in _DIGESTS:
+        _DIGESTS[dataset] = _digests(dataset)
+    return _DIGESTS[dataset]
+
+
+def _digests(dataset) -> np.ndarray:
     out = np.empty((len(dataset), 4), dtype=np.int64)
     for i in range(len(dataset)):
         item = dataset[i]
