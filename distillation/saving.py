@@ -77,7 +77,7 @@ class ModelFolders:
         student = _part(state, "student.")
         lora = lora_config(model.student)  # --lora_r: save the merged model, the adapters beside
         if lora is not None:
-            student, adapter = merged_state(student, lora)
+            student, adapter = merged_state(student, model.student)
             save_adapter(tmp, lora, adapter, self.cfg.student_name)
         model.student.save_pretrained(tmp, state_dict=student)
         self.tokenizer.save_pretrained(tmp)

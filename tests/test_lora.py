@@ -1,6 +1,7 @@
 """LoRA students (--lora_r): only the adapters train and hold AdamW state; final/ is the merged
-model, checked against the adapters applied by hand and by peft itself; a kill and --resume
-reproduces the unbroken run's adapters; ddp and fsdp on 2 processes agree."""
+model, checked against the adapters applied by hand and by peft itself (its merge_and_unload, on
+Llama's Linear and GPT-2's Conv1D and embedding layers); a kill and --resume reproduces the
+unbroken run's adapters; ddp and fsdp on 2 processes agree."""
 
 import json
 import os
@@ -10,11 +11,12 @@ import peft
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, pipeline
 
-from conftest import TORCHRUN, TRAIN, final_weights, kill_after_step, read_metrics, run_train, train_in_process
-from lm_helpers import config, llama_pair, single_thread  # noqa: F401 - a fixture
+from conftest import TORCHRUN, TRAIN, final_weights, kill_after_step, read_metrics, run_train, save_model, train_in_process
+from lm_helpers import CAUSAL_VOCAB, causal_tokenizer, config, llama_pair, single_thread  # noqa: F401 - a fixture
 from distillation.distributed import DistEnv
+from distillation.lora import default_targets
 from distillation.pipeline import build
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -23,6 +25,19 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     return llama_pair(tmp_path_factory.mktemp("lora"), n_train=80, student_layers=2)
+
+
+def _gpt2(**kw):
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(CAUSAL_VOCAB), n_embd=16, n_head=2, n_positions=64, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=3, **kw))
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(pair, tmp_path_factory):
+    """The Llama pair's data and teacher, with a GPT-2 student (Conv1D layers, untied embeddings)."""
+    torch.manual_seed(1)
+    folder = str(tmp_path_factory.mktemp("gpt2") / "student")
+    return {**pair, "student": save_model(_gpt2(n_layer=2, tie_word_embeddings=False), causal_tokenizer(folder), folder)}
 
 
 def _args(pair, dump, *extra):
@@ -71,6 +86,37 @@ def test_only_the_adapters_train_and_final_is_the_merged_model(pair, tmp_path):
     assert generate("the movie", max_new_tokens=3, do_sample=False)[0]["generated_text"].startswith("the movie")
 
 
+@pytest.mark.parametrize("family, targets", [("llama", None), ("gpt2", "c_attn,c_proj,c_fc,wte")])
+def test_final_is_peft_merge_and_unload_of_the_adapted_student(pair, gpt2_pair, tmp_path, family, targets):
+    paths = {"llama": pair, "gpt2": gpt2_pair}[family]
+    dump = tmp_path / "run"
+    extra = ["--lora_target_modules", targets] if targets else []
+    assert train_in_process(_args(paths, dump, "--max_steps", 3, "--learning_rate", "3e-2", *extra)) == 0
+    adapter = load_file(dump / "final" / "adapter" / "adapter_model.safetensors")
+    trained_b = [v for k, v in adapter.items() if ".lora_B." in k or ".lora_embedding_B" in k]
+    assert trained_b and all(v.abs().max() > 0 for v in trained_b)  # B starts at 0: every adapter trained
+    if targets:  # Conv1D in and out of attention and MLP, and the (untied) token embeddings
+        assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapter} == {"c_attn", "c_proj", "c_fc", "wte"}
+
+    ids = torch.tensor([[1, 4, 7, 11, 15, 5, 8]])
+    final = AutoModelForCausalLM.from_pretrained(dump / "final")
+    adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(paths["student"]), str(dump / "final" / "adapter"))
+    with torch.no_grad():
+        adapted_logits = adapted(ids).logits
+        unloaded = adapted.merge_and_unload()
+        assert torch.allclose(final(ids).logits, adapted_logits, atol=1e-6)
+        assert torch.allclose(final(ids).logits, unloaded(ids).logits, atol=1e-6)
+    mine, peft_own = final.state_dict(), unloaded.state_dict()
+    assert mine.keys() == peft_own.keys()
+    for key, value in peft_own.items():
+        assert torch.allclose(mine[key], value, atol=1e-6), key
+
+
+def test_gpt2_conv1d_layers_in_blocks_are_the_default_targets():
+    names = default_targets(_gpt2(n_layer=2))
+    assert names == [f"transformer.h.{i}.{layer}" for i in (0, 1) for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+
+
 def test_kill_and_resume_reproduce_the_adapters(pair, tmp_path):
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     common = ["--max_steps", 8, "--checkpoint_interval", 2, "--log_interval", 1]
@@ -102,7 +148,8 @@ def test_lora_under_ddp_and_fsdp_on_two_processes_agree(pair, tmp_path):
 @pytest.mark.parametrize("extra, expect", [
     (["--lora_r", "0", "--lora_alpha", "8"], "--lora_alpha needs --lora_r > 0"),
     (["--lora_target_modules", "nothing_here"], "--lora_target_modules nothing_here: no layer of the student has such a name; its "
-                                                "nn.Linear layers are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
+                                                "linear layers are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
+    (["--lora_target_modules", "embed_tokens"], "--lora_target_modules: model.embed_tokens's weight is tied to another layer's"),
     (["--lora_dropout", "1.5"], "--lora_dropout in [0, 1)"),
 ])
 def test_bad_lora_options_exit_2_naming_the_flag(pair, tmp_path, capsys, extra, expect):
