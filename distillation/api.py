@@ -17,13 +17,15 @@ In-memory models, tokenizer and data are written to a temporary folder (save_pre
 and the run reads them from there, so a run from Python and one from the command line are the
 same run: the same checks, checkpoints, resume fingerprint and folders. The temporary folder is
 removed when `distil` returns. Nothing is left behind in the process between calls (no process
-group, no signal handler). Ctrl-C (a notebook's interrupt) stops at the end of the current step
+group, no signal handler, no dataset), and its state is as the caller left it (random generators,
+torch threads, transformers' logging, environment variables). Ctrl-C (a notebook's interrupt) stops at the end of the current step
 with a checkpoint: call `distil` again with `resume=True` to continue.
 """
 
 import contextlib
 import json
 import os
+import random
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -62,7 +64,7 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
     if in_memory and tokenizer is None:
         raise InputError(f"{SOURCE}: give tokenizer= with an in-memory {in_memory[0]} (it is saved beside the model for the run)")
     options = {k: _path(v) for k, v in options.items()}
-    with tempfile.TemporaryDirectory(prefix="distil-") as staging, _quiet_transformers():
+    with tempfile.TemporaryDirectory(prefix="distil-") as staging, _callers_process():
         tok = _save(tokenizer, os.path.join(staging, "tokenizer")) if _in_memory(tokenizer) else tokenizer
         values = {"objective": objective, "teacher_name": _model(teacher, "teacher", staging, tokenizer),
                   "student_name": _model(student, "student", staging, tokenizer), "tokenizer_name": tok,
@@ -83,9 +85,18 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """The run's own bar and lines only, as on the command line: transformers' loading bars and
-    warnings off while it runs, the caller's settings back afterwards."""
+def _callers_process():
+    """The caller's process back as it was, however the run ends: the run seeds the global
+    generators (python, numpy, torch, CUDA) as the command line does, and a notebook's own draws
+    after the call must not depend on it; torch's threads and the environment are put back too.
+    While it runs, transformers' loading bars and warnings are off (the run's own bar and lines
+    only, as on the command line)."""
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.is_available()
+    rngs = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
+    threads, environ = torch.get_num_threads(), dict(os.environ)
     logging = transformers.utils.logging
     bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
     logging.disable_progress_bar()
@@ -94,8 +105,16 @@ def _quiet_transformers():
         yield
     finally:
         logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
+        (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.set_rng_state(rngs[2])
+        if cuda:
+            torch.cuda.set_rng_state_all(rngs[3])
 
 
 def _staged_names(message: str, staging: str) -> str:

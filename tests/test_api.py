@@ -178,3 +178,55 @@ def test_a_call_keeps_no_dataset_alive(assets, tmp_path, monkeypatch):
            objective="sequence_classification", dump_path=str(tmp_path / "run"), max_steps=1, batch_size=16)
     gc.collect()
     assert seen and all(ref() is None for ref in seen)
+
+
+def _process_state():
+    import random
+
+    import numpy as np
+    import transformers
+
+    np_state = np.random.get_state()
+    return {"random": random.getstate(), "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+            "torch": torch.get_rng_state().tolist(), "torch_seed": torch.initial_seed(), "threads": torch.get_num_threads(),
+            "environ": dict(os.environ), "verbosity": transformers.utils.logging.get_verbosity(),
+            "bars": transformers.utils.logging.is_progress_bar_enabled()}
+
+
+def test_a_call_leaves_the_callers_generators_as_they_were(assets, tmp_path):
+    """The run seeds python's, numpy's and torch's generators (--seed 56 here): the caller's draws
+    after the call are those it would have made without it."""
+    torch.manual_seed(7)
+    before = _process_state()
+    distil(teacher=assets["teacher"], student=assets["student"], train_data=_rows(assets["train"]), seed=56,
+           objective="sequence_classification", dump_path=str(tmp_path / "run"), max_steps=1, batch_size=16)
+    assert _process_state() == before
+
+
+def test_a_call_puts_back_threads_logging_and_environment_however_it_ends(assets, tmp_path, monkeypatch):
+    import transformers
+
+    from distillation import pipeline
+
+    def meddling_run(cfg):
+        torch.set_num_threads(torch.get_num_threads() + 1)
+        os.environ["DISTIL_TEST_SET"] = "1"
+        os.environ["DISTIL_TEST_CHANGED"] = "changed"
+        os.environ.pop("DISTIL_TEST_REMOVED")
+        transformers.utils.logging.set_verbosity_info()
+        transformers.utils.logging.enable_progress_bar()
+        torch.manual_seed(56)
+        raise InputError("--data_file: stop here")
+
+    monkeypatch.setattr(pipeline, "run", meddling_run)
+    monkeypatch.setenv("DISTIL_TEST_CHANGED", "as given")
+    monkeypatch.setenv("DISTIL_TEST_REMOVED", "as given")
+    transformers.utils.logging.disable_progress_bar()
+    before = _process_state()
+    try:
+        with pytest.raises(InputError, match="stop here"):
+            distil(teacher=assets["teacher"], student=assets["student"], train_data=_rows(assets["train"]),
+                   objective="sequence_classification", dump_path=str(tmp_path / "run"))
+        assert _process_state() == before
+    finally:
+        transformers.utils.logging.enable_progress_bar()
