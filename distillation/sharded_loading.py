@@ -2,12 +2,15 @@
 
 Loading a model whole on every process before sharding it costs N copies of it in host memory
 (an 8B teacher in bf16: 16 GB a process, 128 GB on an 8-GPU node) and a whole copy on each
-device. Instead, a model whose every weight lies in the safetensors files of its folder is
+device. Instead, a model whose every weight lies in its folder's safetensors checkpoint is
 1. built on the meta device (shapes only, no memory: `build_on_meta`),
 2. sharded by FSDP2 as any other model (parallel.FSDPStrategy),
 3. given empty local shards (`to_empty`) and filled by torch.distributed.checkpoint's
    HuggingFaceStorageReader, which reads each shard's rows straight from the files and casts
    them into the shard's dtype (`fill`).
+The checkpoint is what transformers' from_pretrained reads: model.safetensors, else the files
+model.safetensors.index.json names, each tensor from the file it names; any other *.safetensors
+beside them (Mistral's consolidated.safetensors, the same weights again) is ignored.
 Tied weights are one parameter before sharding, so they stay one. Non-persistent buffers
 (rotary frequencies, position ids) are in no file: transformers' own `_init_weights` computes
 them, as its from_pretrained does. Tensors that were real before sharding (a hidden-loss
@@ -17,40 +20,71 @@ A model that cannot be read this way (weights missing from the files, random ini
 safetensors) loads whole as before; the run's first lines say which way each model came.
 """
 
-import glob
+import json
 import os
-from typing import Dict, Optional, Set
+from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import HuggingFaceStorageReader
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.tensor import DTensor, distribute_tensor
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 SOURCE = "_distil_safetensors"  # attribute of a model built on meta: the folder its weights come from
 
 
 def safetensors_folder(name: str) -> Optional[str]:
-    """The local folder holding `name`'s *.safetensors (a hub name's cached snapshot), or None."""
+    """The local folder holding `name`'s safetensors checkpoint (a hub name's cached snapshot of it,
+    its other files left out), or None."""
     folder = name
     if not os.path.isdir(name):
         try:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(name, allow_patterns=["*.safetensors", "*.json"])
+            folder = snapshot_download(name, allow_patterns=["*.json", SAFE_WEIGHTS_NAME])
+            if weight_map(folder) is None and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)):
+                folder = snapshot_download(name, allow_patterns=["*.json", *_index(folder).values()])
         except Exception:  # noqa: BLE001 - no snapshot: the whole load reports what is wrong
             return None
-    return folder if glob.glob(os.path.join(folder, "*.safetensors")) else None
+    return folder if weight_map(folder) is not None else None
 
 
-def _file_keys(folder: str) -> Set[str]:
+def _index(folder: str) -> Dict[str, str]:
+    with open(os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)) as f:
+        return json.load(f)["weight_map"]
+
+
+def weight_map(folder: str) -> Optional[Dict[str, str]]:
+    """{tensor name: the file holding it} of the checkpoint in `folder`, by from_pretrained's rule
+    (model.safetensors, else the index's files); None when a file is missing or there is none."""
     from safetensors import safe_open
 
-    keys = set()
-    for path in glob.glob(os.path.join(folder, "*.safetensors")):
-        with safe_open(path, framework="pt") as f:
-            keys.update(f.keys())
-    return keys
+    if os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)):
+        with safe_open(os.path.join(folder, SAFE_WEIGHTS_NAME), framework="pt") as f:
+            return dict.fromkeys(f.keys(), SAFE_WEIGHTS_NAME)
+    if not os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)):
+        return None
+    files = _index(folder)
+    return files if all(os.path.isfile(os.path.join(folder, file)) for file in set(files.values())) else None
+
+
+class _Files(FileSystem):
+    """The folder as holding `files` only: HuggingFaceStorageReader reads every *.safetensors it lists."""
+
+    def __init__(self, files):
+        super().__init__()
+        self.files = set(files)
+
+    def ls(self, path):
+        return [p for p in super().ls(path) if os.path.basename(p) in self.files]
+
+
+def _reader(folder: str, files) -> HuggingFaceStorageReader:
+    reader = HuggingFaceStorageReader(folder)
+    reader.fs = _Files(files)
+    return reader
 
 
 def build_on_meta(model_class, name: str, config, dtype: torch.dtype) -> Optional[torch.nn.Module]:
@@ -62,7 +96,7 @@ def build_on_meta(model_class, name: str, config, dtype: torch.dtype) -> Optiona
         return None
     with torch.device("meta"):
         model = model_class.from_config(config, dtype=dtype)
-    keys = _file_keys(folder)
+    keys = weight_map(folder)
     names_of = {}  # tied weights: one tensor under several names, one of which must be in the files
     for key, tensor in model.state_dict(keep_vars=True).items():
         names_of.setdefault(id(tensor), []).append(key)
@@ -99,13 +133,14 @@ def fill(module: torch.nn.Module, real: Dict[str, torch.Tensor], device: torch.d
     for model in [m for m in module.modules() if getattr(m, SOURCE, None)]:
         _init_buffers(model)
         folder = getattr(model, SOURCE)
-        keys = _file_keys(folder)
-        state = {k: v for k, v in model.state_dict().items() if k in keys}
+        files = weight_map(folder)
+        state = {k: v for k, v in model.state_dict().items() if k in files}
         # Block by block: the reader maps each file while it reads, and the pages it touches count
         # as resident until the file is closed; one read of everything would hold this rank's share
-        # of every file mapped, beside the shards it fills.
+        # of every file mapped, beside the shards it fills. Each block reads only the files holding
+        # its tensors, as the checkpoint names them.
         for group in _blocks(state):
-            dcp.load({k: state[k] for k in group}, storage_reader=HuggingFaceStorageReader(folder))
+            dcp.load({k: state[k] for k in group}, storage_reader=_reader(folder, {files[k] for k in group}))
         delattr(model, SOURCE)
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from conftest import ROOT, SUBPROCESS_ENV, VOCAB, save_model
 from lm_helpers import CAUSAL_VOCAB, bert_tokenizer, causal_tokenizer, sentences, write_binarized, write_counts
@@ -78,3 +78,68 @@ def test_sharded_loading_materialises_no_whole_matrix_and_starts_where_a_whole_l
             assert set(sharded["terms"]) == set(whole["terms"]) and len(sharded["terms"]) >= 2
             for term, value in whole["terms"].items():
                 assert sharded["terms"][term] == pytest.approx(value, rel=1e-6, abs=1e-7), (family, term)
+
+
+def _checkpoint_and_decoy(folder, shard_size):
+    """A tiny Llama saved as from_pretrained reads it (`shard_size` None: one model.safetensors), beside a
+    consolidated.safetensors (Mistral ships one) holding the same tensor names with other values."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(folder, **({"max_shard_size": shard_size} if shard_size else {}))
+    save_file({k: v + 1 for k, v in model.state_dict().items()}, os.path.join(folder, "consolidated.safetensors"))
+    return cfg, model.state_dict()
+
+
+@pytest.mark.parametrize("shard_size", ["20KB", None])
+def test_only_the_checkpoint_from_pretrained_reads_is_read_never_a_decoy_beside_it(tmp_path, shard_size):
+    from distillation.sharded_loading import build_on_meta, fill
+
+    cfg, saved = _checkpoint_and_decoy(str(tmp_path), shard_size)
+    index = tmp_path / "model.safetensors.index.json"
+    if shard_size:
+        assert len(set(json.loads(index.read_text())["weight_map"].values())) > 2
+    else:
+        assert not index.exists()
+    model = build_on_meta(AutoModelForCausalLM, str(tmp_path), cfg, torch.float32)
+    fill(model, {}, torch.device("cpu"))  # one process, no process group: dcp reads without collectives
+    loaded = model.state_dict()
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_a_hub_snapshot_fetches_the_indexed_shards_and_no_decoy(tmp_path, monkeypatch):
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    from distillation.sharded_loading import safetensors_folder
+
+    source, cache = tmp_path / "hub", tmp_path / "cache"
+    source.mkdir()
+    _checkpoint_and_decoy(str(source), "20KB")
+
+    def snapshot_download(name, allow_patterns):
+        assert name == "org/model"
+        cache.mkdir(exist_ok=True)
+        for path in source.iterdir():
+            if any(fnmatch.fnmatch(path.name, p) for p in allow_patterns):
+                shutil.copy(path, cache / path.name)
+        return str(cache)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert safetensors_folder("org/model") == str(cache)
+    assert {p.name for p in cache.iterdir()} == {p.name for p in source.iterdir()} - {"consolidated.safetensors"}
+
+
+def test_several_safetensors_and_no_index_load_whole_as_from_pretrained_would_refuse(tmp_path):
+    from distillation.sharded_loading import build_on_meta
+
+    cfg, _ = _checkpoint_and_decoy(str(tmp_path), None)
+    os.rename(tmp_path / "model.safetensors", tmp_path / "weights.safetensors")
+    assert build_on_meta(AutoModelForCausalLM, str(tmp_path), cfg, torch.float32) is None
