@@ -72,6 +72,8 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
                   **options}
         try:
             cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
+            if _in_memory(student):
+                _check_trainable_in_place(student, cfg.objective)
             from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
 
             summary = run(cfg)
@@ -115,6 +117,19 @@ def _callers_process():
         torch.set_rng_state(rngs[2])
         if cuda:
             torch.cuda.set_rng_state_all(rngs[3])
+
+
+def _check_trainable_in_place(student, objective: str) -> None:
+    """The object given gets final/'s weights: it must be of the class the run trains, which a
+    bare encoder (BertModel) or another task's model is not."""
+    from distillation.models import task_class
+    from distillation.objectives import OBJECTIVES
+
+    wanted = task_class(OBJECTIVES[objective], student.config, f"{SOURCE}: student=")
+    if not isinstance(student, wanted):
+        raise InputError(f"{SOURCE}: student= is a {type(student).__name__}, and a {objective} run trains a {wanted.__name__} "
+                         f"(its {OBJECTIVES[objective].auto_model_class.__name__.removeprefix('AutoModelFor')} head too): give "
+                         f"one (e.g. {wanted.__name__}.from_pretrained(<folder>)), or the folder itself")
 
 
 def _staged_names(message: str, staging: str) -> str:

@@ -115,6 +115,19 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
+def task_class(objective, config, who: str):
+    """The class `objective` trains for `config`'s model type, which `from_pretrained` builds (a
+    BertConfig's for sequence_classification: BertForSequenceClassification). InputError naming
+    `who` when transformers has none (no DistilBERT is a causal LM)."""
+    auto = objective.auto_model_class
+    try:
+        return auto._model_mapping[type(config)]  # the Auto class's own lookup
+    except KeyError:
+        head = auto.__name__.removeprefix("AutoModelFor")
+        raise InputError(f"{who} is a '{config.model_type}' model, which transformers has no {head} class of: "
+                         f"--objective {objective.name} cannot train it") from None
+
+
 def has_vocabulary(tokenizer) -> bool:
     """False for what transformers builds from a model folder without tokenizer files: a tokenizer
     of its special tokens alone, which is no tokenizer of the model."""

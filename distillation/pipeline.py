@@ -19,6 +19,7 @@ from distillation.errors import InputError
 from distillation.lora import add_lora
 from distillation.models import (
     check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, model_identity, sequence_limit,
+    task_class,
 )
 from distillation.objectives import OBJECTIVES, build_objective
 from distillation.offline_logits import OfflineTeacher, check_examples, check_identity, read_manifest, run_identity
@@ -58,6 +59,9 @@ def build(cfg, env):
     teacher_config, student_config = load_configs(cfg)
     cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, student_config)
     objective = build_objective(cfg, tokenizer, teacher_config)
+    if cfg.teacher_name:
+        task_class(objective, teacher_config, "--teacher_name")
+    task_class(objective, student_config, "--student_name" if cfg.student_name else "--student_config")
     train_dataset = objective.load_dataset(cfg.data_file, "--data_file")
     check_data(cfg, train_dataset)
     if cfg.validation_split:

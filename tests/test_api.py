@@ -230,3 +230,20 @@ def test_a_call_puts_back_threads_logging_and_environment_however_it_ends(assets
         assert _process_state() == before
     finally:
         transformers.utils.logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("model", ["BertModel", "BertForMaskedLM"])
+def test_a_student_the_run_cannot_train_in_place_is_refused_before_training(assets, tmp_path, model):
+    """The student object gets final/'s weights: a bare encoder or another task's model cannot hold
+    them (it used to train, write final/ and then fail in load_state_dict)."""
+    import transformers
+
+    from conftest import tiny_bert_config
+
+    dump = tmp_path / "run"
+    with pytest.raises(InputError) as err:
+        distil(teacher=assets["teacher"], student=getattr(transformers, model)(tiny_bert_config()), tokenizer=assets["teacher"],
+               train_data=_rows(assets["train"]), objective="sequence_classification", dump_path=str(dump))
+    assert str(err.value).startswith(f"distil(): student= is a {model}, and a sequence_classification run trains a "
+                                     "BertForSequenceClassification"), str(err.value)
+    assert not dump.exists()

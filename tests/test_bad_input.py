@@ -225,3 +225,18 @@ def test_student_pretrained_weights_must_hold_every_tensor(assets, tmp_path, cap
     trained = BertForSequenceClassification.from_pretrained(tmp_path / "run" / "final").state_dict()
     # loaded, then trained one step: close to the file's weights, far from a fresh init
     assert torch.allclose(trained["bert.encoder.layer.1.output.dense.weight"], state["bert.encoder.layer.1.output.dense.weight"], atol=1e-3)
+
+
+def test_a_model_type_without_the_objectives_class_is_refused(assets, tmp_path, capsys):
+    """No DistilBERT is a causal LM: from_pretrained's ValueError (a traceback) becomes one line."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from conftest import VOCAB, make_tokenizer
+
+    config = DistilBertConfig(vocab_size=len(VOCAB), dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=64)
+    student = save_model(DistilBertForSequenceClassification(config), make_tokenizer(str(tmp_path / "t")), str(tmp_path / "db"))
+    text = tmp_path / "text.txt"
+    text.write_text("the movie was good\n" * 20)
+    _fails(["--objective", "clm", "--student_name", student, "--data_file", text, "--dump_path", tmp_path / "run"], capsys,
+           "--student_name is a 'distilbert' model, which transformers has no CausalLM class of: --objective clm cannot train it")
+    assert not (tmp_path / "run").exists()
