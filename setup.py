@@ -13,13 +13,14 @@ setup(
             f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"
             for name in ("train", "extract", "extract_distilbert", "binarized_data", "token_counts",
                          "convert_gguf", "demo", "evaluate", "benchmark", "benchmark_losses", "benchmark_scale", "benchmark_offline",
-                         "cache_teacher", "generate_responses")
+                         "cache_teacher", "generate_responses", "check_docs")
         ]
     },
     extras_require={
         # datasets + accelerate: the benchmark's hand-written Trainer recipe, which its test runs; peft: LoRA's tests;
-        # nbclient + nbformat + ipykernel: the test that runs examples/distil_classifier.ipynb in a Jupyter kernel
-        "dev": ["pytest", "datasets", "accelerate", "peft", "nbclient", "nbformat", "ipykernel"],
+        # nbclient + nbformat + ipykernel: the test that runs examples/distil_classifier.ipynb in a Jupyter kernel;
+        # mkdocs: the test that builds the docs (mkdocs build --strict)
+        "dev": ["pytest", "datasets", "accelerate", "peft", "nbclient", "nbformat", "ipykernel", "mkdocs"],
         "peft": ["peft"],  # --lora_r
         "datasets": ["datasets"],
         "gguf": ["gguf", "accelerate"],
