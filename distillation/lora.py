@@ -1,13 +1,14 @@
 """LoRA students (--lora_r > 0, the optional `peft` extra): low-rank adapters in the student's
-linear layers (GPT-2's Conv1D included) are all that trains (with a classifier's small task head); final/ merges them.
+linear layers (GPT-2's Conv1D included) are all that trains (with a classifier's small task
+head); final/ merges them.
 
 peft's `inject_adapter_in_model` puts the LoRA layers into the student in place, so it stays the
 transformers model it was: its base model, output embeddings (chunked losses), save_pretrained
 and FSDP's per-block wrapping are unchanged. Every other weight is frozen, so gradients and AdamW
 state exist for the adapters only (the memory plan counts them). A saved folder holds the merged
-weights, W + peft's own delta of each adapted layer (what `merge_and_unload` gives), a plain
-`from_pretrained` model, and the adapters beside it in
-peft's format (`adapter/`: `PeftModel.from_pretrained(<the initial student>, "adapter")`).
+weights (each adapted layer's weight plus peft's delta: what `merge_and_unload` gives), a plain
+`from_pretrained` model, and the adapters beside it in peft's format
+(`adapter/`: `PeftModel.from_pretrained(<the initial student>, "adapter")`).
 Checkpoints hold the whole student (frozen weights included): --resume rebuilds the same adapters
 and reads them back.
 """

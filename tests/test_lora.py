@@ -117,6 +117,19 @@ def test_gpt2_conv1d_layers_in_blocks_are_the_default_targets():
     assert names == [f"transformer.h.{i}.{layer}" for i in (0, 1) for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
 
 
+def test_a_layer_the_merge_cannot_fold_is_refused_before_training():
+    from types import SimpleNamespace
+
+    from distillation.errors import InputError
+    from distillation.lora import add_lora
+
+    student = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 3))
+    student.base_model_prefix = ""
+    cfg = SimpleNamespace(lora_r=2, lora_alpha=4.0, lora_dropout=0.0, lora_target_modules="0")
+    with pytest.raises(InputError, match="--lora_target_modules: 0 is a Conv1d; LoRA students adapt linear layers"):
+        add_lora(student, cfg, train_head=False)
+
+
 def test_kill_and_resume_reproduce_the_adapters(pair, tmp_path):
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     common = ["--max_steps", 8, "--checkpoint_interval", 2, "--log_interval", 1]
