@@ -16,7 +16,8 @@
 In-memory models, tokenizer and data are written to a temporary folder (save_pretrained, jsonl)
 and the run reads them from there, so a run from Python and one from the command line are the
 same run: the same checks, checkpoints, resume fingerprint and folders. The temporary folder is
-removed when `distil` returns. Nothing is left behind in the process between calls (no process
+removed when `distil` returns: parameters.json, the model cards and adapter_config.json name
+such an input by what it was ("<in-memory list of 96 rows>", see `_described`), not by its copy. Nothing is left behind in the process between calls (no process
 group, no signal handler, no dataset), and its state is as the caller left it (random generators,
 torch threads, transformers' logging, environment variables). Ctrl-C (a notebook's interrupt) stops at the end of the current step
 with a checkpoint: call `distil` again with `resume=True` to continue.
@@ -74,6 +75,8 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
             cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
             if _in_memory(student):
                 _check_trainable_in_place(student, cfg.objective)
+            given = {"teacher": teacher, "student": student, "tokenizer": tokenizer, "train_data": train_data, "eval_data": eval_data}
+            cfg.given_as = {ROLES[role]: _described(value) for role, value in given.items() if _in_memory(value)}
             from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
 
             summary = run(cfg)
@@ -130,6 +133,16 @@ def _check_trainable_in_place(student, objective: str) -> None:
         raise InputError(f"{SOURCE}: student= is a {type(student).__name__}, and a {objective} run trains a {wanted.__name__} "
                          f"(its {OBJECTIVES[objective].auto_model_class.__name__.removeprefix('AutoModelFor')} head too): give "
                          f"one (e.g. {wanted.__name__}.from_pretrained(<folder>)), or the folder itself")
+
+
+def _described(value) -> str:
+    """What the run's files say an in-memory input was, in place of its staged copy:
+    "<in-memory BertForSequenceClassification, loaded from 'models/teacher'>" (a model or tokenizer
+    that `from_pretrained` loaded, since changed or not), "<in-memory list of 96 rows>"."""
+    if isinstance(value, list) or hasattr(value, "to_list"):
+        return f"<in-memory {'datasets.Dataset' if hasattr(value, 'to_list') else 'list'} of {len(value)} rows>"
+    origin = getattr(value, "name_or_path", "")
+    return f"<in-memory {type(value).__name__}{f', loaded from {origin!r}' if origin else ''}>"
 
 
 def _staged_names(message: str, staging: str) -> str:

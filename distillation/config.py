@@ -209,6 +209,15 @@ class DistillConfig:
     local_rank: Optional[int] = _opt(None, "Reference flag, accepted and ignored: torchrun's LOCAL_RANK decides.", "reporting",
                                      shown="torchrun's")
 
+    def __post_init__(self):
+        # option -> what distil() was given for an input it staged in a temporary folder (api.py):
+        # the run reads the folder, its files name the input (the folder is gone after the call).
+        self.given_as = {}
+
+    def shown(self, option: str):
+        """`option` as the run's files name it: parameters.json, model cards, adapter_config.json."""
+        return self.given_as.get(option, getattr(self, option))
+
     # --- loading -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "DistillConfig":
@@ -225,7 +234,7 @@ class DistillConfig:
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            json.dump({**self.to_dict(), **self.given_as}, f, indent=2, sort_keys=True)
 
     # --- resolution ------------------------------------------------------------------------------
     def resolve(self) -> None:

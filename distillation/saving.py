@@ -78,7 +78,7 @@ class ModelFolders:
         lora = lora_config(model.student)  # --lora_r: save the merged model, the adapters beside
         if lora is not None:
             student, adapter = merged_state(student, model.student)
-            save_adapter(tmp, lora, adapter, self.cfg.student_name)
+            save_adapter(tmp, lora, adapter, self.cfg.shown("student_name"))
         model.student.save_pretrained(tmp, state_dict=student)
         self.tokenizer.save_pretrained(tmp)
         if model.projection is not None:
@@ -93,7 +93,7 @@ class ModelFolders:
     def model_card(self, name, model, metrics, step, epoch, why) -> str:
         cfg = self.cfg
         n_student = student_parameters(model.student)
-        evaluation = cfg.eval_file or (f"{cfg.validation_split:g} of --data_file held out" if cfg.validation_split else None)
+        evaluation = cfg.shown("eval_file") or (f"{cfg.validation_split:g} of --data_file held out" if cfg.validation_split else None)
         lines = [
             "---", "library_name: transformers", "tags: [distillation]", "---", "",
             f"# {os.path.basename(cfg.dump_path.rstrip('/'))}/{name}", "",
@@ -101,9 +101,9 @@ class ModelFolders:
             f"saved at step {step} (epoch {epoch:.2f}).", "",
             f"- teacher: {teacher_line(cfg)}"
             + (f", {millions(self.teacher_parameters)} parameters" if self.teacher_parameters else ""),
-            f"- student: {cfg.student_name or cfg.student_config}, {millions(n_student)} parameters, "
+            f"- student: {cfg.shown('student_name') or cfg.student_config}, {millions(n_student)} parameters, "
             f"{model.student.config.num_hidden_layers} layers",
-            f"- data: {cfg.data_file}; evaluation: {evaluation or 'none'}",
+            f"- data: {cfg.shown('data_file')}; evaluation: {evaluation or 'none'}",
             f"- loss: {loss_formula(cfg, self.objective)}",
             f"- optimisation: {f'{cfg.max_steps} steps' if cfg.max_steps else f'{cfg.n_epoch} epochs'}, batch "
             f"{cfg.batch_size} x {cfg.gradient_accumulation_steps} accumulation per process, AdamW lr {cfg.learning_rate:g}, "
@@ -111,7 +111,7 @@ class ModelFolders:
         ]
         if cfg.lora_r:
             lines.append(f"- LoRA (r {cfg.lora_r}, alpha {cfg.lora_alpha:g}, dropout {cfg.lora_dropout:g}): this folder holds the merged "
-                         f"weights; `{ADAPTER_FOLDER}/` the adapters alone (peft's `PeftModel.from_pretrained(<{cfg.student_name}>, "
+                         f"weights; `{ADAPTER_FOLDER}/` the adapters alone (peft's `PeftModel.from_pretrained(<{cfg.shown('student_name')}>, "
                          f"\"{ADAPTER_FOLDER}\")`)")
         if metrics:
             lines += ["", "## Evaluation at this step", "", "| metric | value |", "|---|---:|"]
@@ -137,5 +137,5 @@ def _part(state: dict, prefix: str) -> dict:
 
 def teacher_line(cfg) -> str:
     if cfg.teacher_name:
-        return cfg.teacher_name
+        return cfg.shown("teacher_name")
     return f"its logits cached in {cfg.teacher_logits}" if cfg.teacher_logits else "none (trained on the labels only)"

@@ -247,3 +247,46 @@ def test_a_student_the_run_cannot_train_in_place_is_refused_before_training(asse
     assert str(err.value).startswith(f"distil(): student= is a {model}, and a sequence_classification run trains a "
                                      "BertForSequenceClassification"), str(err.value)
     assert not dump.exists()
+
+
+def test_the_run_folder_names_in_memory_inputs_not_their_deleted_copies(assets, tmp_path, monkeypatch):
+    """parameters.json, final/README.md and adapter/adapter_config.json say what was given (the
+    staged copies are deleted when the call returns); an interrupted call with them resumes."""
+    import datasets
+    import tempfile
+
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+    from distillation.distiller import Distiller
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(assets["teacher"])
+    tokenizer = AutoTokenizer.from_pretrained(assets["teacher"])
+    student = BertForSequenceClassification(tiny_bert_config())
+    step = Distiller._step
+
+    def interrupted_at_step_1(self, group):
+        values = step(self, group)
+        if not self.cfg.resume:
+            signal.raise_signal(signal.SIGINT)
+        return values
+
+    monkeypatch.setattr(Distiller, "_step", interrupted_at_step_1)
+    run = {"teacher": teacher, "student": student, "tokenizer": tokenizer, "train_data": _rows(assets["train"]),
+           "eval_data": datasets.Dataset.from_list(_rows(assets["test"])), "objective": "sequence_classification",
+           "dump_path": str(tmp_path / "run"), "max_steps": 2, "batch_size": 16, "lora_r": 2}
+    assert distil(**run).summary["interrupted"]
+    assert distil(**run, resume=True).summary["step"] == 2
+    given = {"teacher_name": f"<in-memory BertForSequenceClassification, loaded from {assets['teacher']!r}>",
+             "student_name": "<in-memory BertForSequenceClassification>",
+             "tokenizer_name": f"<in-memory {type(tokenizer).__name__}, loaded from {assets['teacher']!r}>",
+             "data_file": "<in-memory list of 96 rows>", "eval_file": "<in-memory datasets.Dataset of 40 rows>"}
+    parameters = json.loads((tmp_path / "run" / "parameters.json").read_text())
+    assert {k: parameters[k] for k in given} == given
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert f"- teacher: {given['teacher_name']}, " in card and f"- student: {given['student_name']}, " in card
+    assert f"- data: {given['data_file']}; evaluation: {given['eval_file']}" in card
+    adapter = json.loads((tmp_path / "run" / "final" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == given["student_name"]
+    staging = os.path.join(tempfile.gettempdir(), "distil-")
+    assert staging not in json.dumps(parameters) + card + json.dumps(adapter)
