@@ -157,7 +157,7 @@ class Distiller:
                 for first in range(0, len(batches), self.cfg.gradient_accumulation_steps):
                     group = [next(micro_batches) for _ in batches[first : first + self.cfg.gradient_accumulation_steps]]
                     before = self.iterations
-                    window.add(self._step(group))
+                    window.add(_as_logged(self._step(group)))
                     self.step += 1
                     self.batch_in_epoch += len(group)
                     bar.update(1)
@@ -206,8 +206,8 @@ class Distiller:
         alphas = {t: 0.0 if sampled and t == "task" else getattr(self.cfg, TERMS[t][0]) for t in self.terms}
         counts = [self.objective.counts(b) for b in group]
         counts = torch.stack([torch.stack([c[k].to(self.device).float() for k in COUNTS]) for c in counts]).sum(0)
-        counts = all_reduce_sum(counts, self.env).clamp(min=1)
-        norm = dict(zip(COUNTS, counts))
+        counts = all_reduce_sum(counts, self.env)
+        norm = dict(zip(COUNTS, counts.clamp(min=1)))
         sums = torch.zeros(len(self.terms), device=self.device)
         self.model.train()
         for i, batch in enumerate(group):
@@ -241,6 +241,8 @@ class Distiller:
         self.scheduler.step()
         values = {t: (reduced[i] / norm[TERMS[t][1]]).item() for i, t in enumerate(self.terms)}
         values["loss"] = sum(alphas[t] * values[t] for t in self.terms)
+        if counts[COUNTS.index("task")] == 0:  # a step without task targets has no task loss (not 0)
+            values.pop("task", None)
         values["on_policy"] = float(sampled)
         values["examples"], values["tokens"], values["lr"] = reduced[-4].item(), reduced[-3].item(), lr
         return values
@@ -297,7 +299,8 @@ class Distiller:
         record = {
             "step": self.step, "epoch": self.epoch_progress,
             "loss": record["loss"],
-            **{f"loss_{self.objective.task_loss_name if t == 'task' else t}": record[t] for t in self.terms},
+            **{f"loss_{self.objective.task_loss_name if t == 'task' else t}{kind}": record[t + kind]
+               for kind in ("", "_on_policy") for t in self.terms if t + kind in record},
             "lr": record["lr"],
             **({"on_policy_share": record["on_policy"]} if self.cfg.on_policy_fraction else {}),
             "examples_per_s": record["examples"] / record["seconds"],
@@ -371,6 +374,15 @@ class Distiller:
         self.log.say(*run_summary(self, summary))
         self.log.close()
         return summary
+
+
+def _as_logged(values: dict) -> dict:
+    """A step's values as the log averages them (reporting.Window: each term over the steps that
+    have it): a sampled step's terms apart (`ce_on_policy`), its hard-label term, weighted 0 (the
+    student's own tokens are no labels), not at all."""
+    if not values["on_policy"]:
+        return values
+    return {f"{k}_on_policy" if k in TERMS else k: v for k, v in values.items() if k != "task"}
 
 
 def _to(batch, device):

@@ -66,18 +66,20 @@ def memory_mb(device: torch.device) -> float:
 
 
 class Window:
-    """Loss terms and throughput accumulated since the last metrics line."""
+    """Loss terms and throughput accumulated since the last metrics line: each term the mean over
+    the steps that have it (a step without task targets has no task loss, not a 0 to average)."""
 
     def __init__(self):
         self.last_loss = float("nan")
         self._reset()
 
     def _reset(self):
-        self.sums, self.steps, self.start = {}, 0, time.time()
+        self.sums, self.counts, self.steps, self.start = {}, {}, 0, time.time()
 
     def add(self, values):
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
         self.steps += 1
         self.last_loss = values["loss"]
 
@@ -87,7 +89,7 @@ class Window:
     def flush(self):
         if not self.steps:
             return None
-        record = {k: v / self.steps for k, v in self.sums.items() if k not in ("examples", "tokens")}
+        record = {k: v / self.counts[k] for k, v in self.sums.items() if k not in ("examples", "tokens")}
         record.update(examples=self.sums["examples"], tokens=self.sums["tokens"], seconds=time.time() - self.start)
         self._reset()
         return record
