@@ -75,8 +75,8 @@ def distil(teacher=None, student=None, train_data=None, eval_data=None, objectiv
             cfg = DistillConfig.from_dict({k: v for k, v in values.items() if v is not None}, SOURCE)
             if _in_memory(student):
                 _check_trainable_in_place(student, cfg.objective)
-            given = {"teacher": teacher, "student": student, "tokenizer": tokenizer, "train_data": train_data, "eval_data": eval_data}
-            cfg.given_as = {ROLES[role]: _described(value) for role, value in given.items() if _in_memory(value)}
+            inputs = {"teacher": teacher, "student": student, "tokenizer": tokenizer, "train_data": train_data, "eval_data": eval_data}
+            cfg.given_as = {ROLES[role]: _described(value) for role, value in inputs.items() if _in_memory(value)}
             from distillation.pipeline import run  # imports torch.distributed and the models: only once the options are known good
 
             summary = run(cfg)
