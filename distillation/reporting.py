@@ -134,13 +134,13 @@ def millions(n) -> str:
 def run_header(d, fresh_weights) -> list:
     """What the run is about to do (d: the Distiller), defaults that were not given included."""
     cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
-    teacher = (f"teacher {cfg.teacher_name} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
+    teacher = (f"teacher {cfg.shown('teacher_name')} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
                else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
-    student = f"student {cfg.student_name or cfg.student_config} ({millions(student_parameters(d.model.student))})"
+    student = f"student {cfg.shown('student_name') or cfg.student_config} ({millions(student_parameters(d.model.student))})"
     if cfg.lora_r:
         trained = sum(p.numel() for p in d.model.student.parameters() if p.requires_grad)
         student += f", LoRA r={cfg.lora_r} alpha={cfg.lora_alpha:g}: {millions(trained)} parameters trained"
-    evaluation = f"{n_eval:,} evaluation {getattr(d.eval_dataset, 'unit', 'examples')} ({cfg.eval_file or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
+    evaluation = f"{n_eval:,} evaluation {getattr(d.eval_dataset, 'unit', 'examples')} ({cfg.shown('eval_file') or f'--validation_split {cfg.validation_split:g}'})" if n_eval else "no evaluation"
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * d.env.world_size
     read = f": {d.train_dataset.read}" if getattr(d.train_dataset, "read", "") else ""  # a text file: its lines and tokens
     n_unlabelled = getattr(d.train_dataset, "unlabelled", 0)
@@ -148,7 +148,7 @@ def run_header(d, fresh_weights) -> list:
                   f"{n_unlabelled:,} unlabelled, on the teacher's soft targets only") if n_unlabelled else ""
     lines = [
         f"{cfg.objective}: {teacher} -> {student}",
-        f"data: {len(d.train_dataset):,} training {getattr(d.train_dataset, 'unit', 'examples')} ({cfg.data_file}{read}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
+        f"data: {len(d.train_dataset):,} training {getattr(d.train_dataset, 'unit', 'examples')} ({cfg.shown('data_file')}{read}{unlabelled}), {evaluation}; max_seq_length {cfg.max_seq_length}",
         (f"steps: {d.total_steps} (--max_steps; an epoch is {d.steps_per_epoch}; " if cfg.max_steps else
          f"steps: {d.total_steps} = {d.n_epoch} epoch(s) x {d.steps_per_epoch} (") + f"batch {cfg.batch_size} x "
         f"{cfg.gradient_accumulation_steps} accumulation x {d.env.world_size} process(es) = {per_step} examples a step)",

@@ -249,9 +249,9 @@ def test_a_student_the_run_cannot_train_in_place_is_refused_before_training(asse
     assert not dump.exists()
 
 
-def test_the_run_folder_names_in_memory_inputs_not_their_deleted_copies(assets, tmp_path, monkeypatch):
-    """parameters.json, final/README.md and adapter/adapter_config.json say what was given (the
-    staged copies are deleted when the call returns); an interrupted call with them resumes."""
+def test_the_run_folder_names_in_memory_inputs_not_their_deleted_copies(assets, tmp_path, monkeypatch, capsys):
+    """parameters.json, final/README.md, adapter/adapter_config.json and the run's header say what
+    was given (the staged copies are deleted when the call returns); an interrupted call resumes."""
     import datasets
     import tempfile
 
@@ -289,4 +289,6 @@ def test_the_run_folder_names_in_memory_inputs_not_their_deleted_copies(assets, 
     adapter = json.loads((tmp_path / "run" / "final" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == given["student_name"]
     staging = os.path.join(tempfile.gettempdir(), "distil-")
-    assert staging not in json.dumps(parameters) + card + json.dumps(adapter)
+    out = capsys.readouterr().out
+    assert f"teacher {given['teacher_name']} (" in out and f"data: 96 training examples ({given['data_file']})" in out
+    assert staging not in json.dumps(parameters) + card + json.dumps(adapter) + out
