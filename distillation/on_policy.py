@@ -8,14 +8,18 @@ on its own samples it learns where its own mistakes lead. Per step:
   after a resume, without touching the training RNG (λ = 0 is today's run, bit for bit);
 - on a sampled step each micro-batch's prompts (the tokens before `prompt_len`) are answered by
   the student in eval mode (`generate`, pure sampling at --generation_temperature, at most
-  --max_new_tokens and --max_seq_length), each answer kept through its first EOS;
+  --max_new_tokens and --max_seq_length, by generation.sampling_config alone: the student
+  folder's generation_config.json but for its EOS ids is not read), each answer kept through
+  its first stop id (generation.stop_ids);
 - the batch is rebuilt from prompt + answer, so the divergence covers exactly the sampled
   tokens through EOS (the prompt and what follows EOS are not targets), and the hard-label
   loss is weighted 0 on that step: the student's own tokens are no labels.
 The default --divergence is reverse KL when λ > 0 (config.py): on its own samples the student is
 pushed away from what the teacher finds unlikely (mode-seeking), as GKD, MiniLLM and on-policy
 distillation recipes do. Under fsdp every rank generates in step (parallel.FSDPStrategy.generation).
-Limits: instruction data (prompts), a live teacher (not a logits cache), no hidden-state losses.
+--eval_generate compares the student's answers with the teacher's own to the same prompts and
+warns (`collapse`) when they stop ending. Limits: instruction data (prompts), a live teacher (not
+a logits cache), no hidden-state losses.
 """
 
 import contextlib
@@ -25,11 +29,13 @@ import torch
 
 from distillation.distributed import all_gather_objects, item_seed
 from distillation.errors import InputError
+from distillation.generation import drawn_by, ends, sampling_config
 
 
 class OnPolicy:
     def __init__(self, cfg, objective, tokenizer, strategy):
         self.cfg, self.objective, self.tokenizer, self.strategy = cfg, objective, tokenizer, strategy
+        self.teacher_own = None  # --eval_generate: the teacher's own answers' length and EOS share (sample_metrics)
 
     def sampled(self, step: int) -> bool:
         """Is optimizer step `step` (0-based) on the student's own samples?"""
@@ -43,50 +49,70 @@ class OnPolicy:
         """--eval_generate: the student (in `model`, the StudentWithProjection trained) answers each
         prompt (draws seeded by (--seed, prompt), the training RNG untouched). Returns the metrics
         (eval_teacher_nll: the teacher's mean NLL per answer token, eval_sample_length: the mean
-        answer length, eval_sample_eos: the share ending in EOS) and the answers, one dict each, to
-        read beside them. The prompts are split over the processes and gathered in order: the same
-        at any count. Every rank runs as many generations and teacher forwards (a short rank repeats
-        its first prompt and drops the result): fsdp's collectives."""
+        answer length, eval_sample_eos: the share ending in EOS; eval_teacher_sample_length and
+        _eos: the same of the teacher's own answers, drawn alike once, at the first call: what
+        `collapse` compares with) and the student's answers, one dict each, to read beside them."""
+        rows = self._answer_and_score(prompts, self._generating(model), teacher, env)
+        if self.teacher_own is None:
+            own = self._answer_and_score(prompts, self._drawing(teacher, self.strategy.teacher_generation(teacher)), teacher, env)
+            self.teacher_own = {f"eval_teacher_{k}": v for k, v in _summary(own).items()}
+        metrics = {"eval_teacher_nll": sum(r[1] for r in rows) / max(sum(len(r[2]) for r in rows), 1),
+                   **{f"eval_{k}": v for k, v in _summary(rows).items()}, **self.teacher_own}
+        answers = [{"prompt_index": i, "prompt": self.tokenizer.decode(prompts[i]), "answer": self.tokenizer.decode(answer),
+                    "ended_with_eos": ended, "teacher_nll": nll / max(len(answer), 1)} for i, nll, answer, ended in rows]
+        return metrics, answers
+
+    def _answer_and_score(self, prompts: list, drawing, teacher, env) -> list:
+        """[(prompt index, the teacher's NLL of the answer, answer, ended with EOS)] of every
+        prompt, in order. The prompts are split over the processes and gathered:
+        the same at any count. Every rank runs as many generations and teacher forwards (fsdp's
+        collectives): a short rank repeats its first prompt, or prompt 0 when it has none (fewer
+        prompts than processes), and drops the result."""
         mine, rounds = [], math.ceil(len(prompts) / env.world_size)
         indices = list(range(env.rank, len(prompts), env.world_size))
-        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []), self._generating(model) as generate:
-            for n, i in enumerate(indices + indices[:1] * (rounds - len(indices))):
+        with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []), drawing as draw:
+            for n, i in enumerate(indices + (indices or [0])[:1] * (rounds - len(indices))):
                 torch.manual_seed(item_seed(self.cfg.seed, i))
                 ids = torch.tensor([prompts[i]], device=env.device)
-                (answer, ended), = self._answers(generate, ids, torch.ones_like(ids))
+                (answer, ended), = draw(ids, torch.ones_like(ids))
                 sequence = torch.tensor([prompts[i] + answer], device=env.device)
                 log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
                 nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
                 if n < len(indices):
                     mine.append((i, nll, answer, ended))
-        rows = sorted(row for part in all_gather_objects(mine, env) for row in part)
-        tokens = sum(len(r[2]) for r in rows)
-        metrics = {"eval_teacher_nll": sum(r[1] for r in rows) / max(tokens, 1), "eval_sample_length": tokens / len(rows),
-                   "eval_sample_eos": sum(r[3] for r in rows) / len(rows)}
-        answers = [{"prompt_index": i, "prompt": self.tokenizer.decode(prompts[i]), "answer": self.tokenizer.decode(answer),
-                    "ended_with_eos": ended, "teacher_nll": nll / max(len(answer), 1)} for i, nll, answer, ended in rows]
-        return metrics, answers
+        return sorted(row for part in all_gather_objects(mine, env) for row in part)
+
+    def _budget(self, prompt_len: int) -> int:
+        """The most tokens an answer to a prompt this long may have: --max_new_tokens within --max_seq_length."""
+        return max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - prompt_len))
+
+    def _generating(self, model):
+        """The student's answers (parallel.py: how the processes take part) in eval mode."""
+        return self._drawing(model.student, self.strategy.generation(model), model)
 
     @contextlib.contextmanager
-    def _generating(self, model):
-        """The student's `generate` (parallel.py: how the processes take part), in eval mode."""
-        was_training = model.training
-        model.eval()
-        try:
-            with self.strategy.generation(model) as generate:
-                yield generate
-        finally:
-            model.train(was_training)
+    def _drawing(self, module, generation, trained=None):
+        """`draw(input_ids, attention_mask)` -> [(answer ids through the first stop id, whether it
+        has one)] of each left-padded prompt row, at most `_budget` tokens, drawn by
+        generation.sampling_config alone: pure sampling at --generation_temperature (no top-k/top-p,
+        no repetition penalty, whatever the folder's generation_config.json says), never an id past
+        the tokenizer. `module`: the model that generates; `trained`: what to put in eval mode."""
+        was_training = trained is not None and trained.training
+        if trained is not None:
+            trained.eval()
+        config = sampling_config(self.tokenizer, module, self.cfg.max_new_tokens, self.cfg.generation_temperature)
 
-    def _answers(self, generate, input_ids, attention_mask) -> list:
-        """[(answer ids through the first EOS, whether it ended with EOS)] of each left-padded prompt
-        row: pure sampling at --generation_temperature, at most --max_new_tokens within
-        --max_seq_length."""
-        width, eos = input_ids.shape[1], self.tokenizer.eos_token_id
-        out = generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=0, top_p=1.0,
-                       temperature=self.cfg.generation_temperature, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
-                       max_new_tokens=max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - width)))
-        return [(new[: new.index(eos) + 1], True) if eos in new else (new, False) for new in out[:, width:].tolist()]
+        def draw(input_ids, attention_mask):
+            config.max_new_tokens = self._budget(input_ids.shape[1])
+            out = generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            return [ends(new, config.eos_token_id) for new in out[:, input_ids.shape[1]:].tolist()]
+
+        try:
+            with generation as generate, drawn_by(module, config):
+                yield draw
+        finally:
+            if was_training:
+                trained.train()
 
     @torch.no_grad()
     def sample(self, batch: dict, model) -> dict:
@@ -98,12 +124,31 @@ class OnPolicy:
         # Left-padded, as decoder-only generation wants.
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        with self._generating(model) as generate:
-            answers = self._answers(generate, input_ids, attention_mask)
+        with self._generating(model) as draw:
+            answers = draw(input_ids, attention_mask)
         examples = [{"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index}
                     for prompt, (answer, _), index in zip(prompts, answers, batch["index"].tolist())]
         rebuilt = self.objective.collate(examples)
         return {k: v.to(device) for k, v in rebuilt.items()}
+
+
+def _summary(rows: list) -> dict:
+    """sample_length and sample_eos of `_answer_and_score` rows."""
+    return {"sample_length": sum(len(r[2]) for r in rows) / len(rows), "sample_eos": sum(r[3] for r in rows) / len(rows)}
+
+
+def collapse(metrics: dict) -> str:
+    """A warning ('' if none) when the student's answers end with EOS under half as often as the
+    teacher's own to the same prompts: on-policy reverse KL's collapse, whose answers run on to
+    --max_new_tokens (an answer without EOS fills it, so pinned lengths show here too) while
+    their teacher NLL looks best."""
+    own, student = metrics.get("eval_teacher_sample_eos"), metrics.get("eval_sample_eos")
+    if own is None or student is None or not student < own / 2:
+        return ""
+    return (f"the student's answers end with EOS {100 * student:.0f}% of the time, the teacher's own {100 * own:.0f}% (mean length "
+            f"{metrics['eval_sample_length']:.1f} tokens, the teacher's {metrics['eval_teacher_sample_length']:.1f}): they run on to "
+            "--max_new_tokens, however good their teacher NLL looks; try a warmed-up (fine-tuned) student first, --divergence "
+            "forward_kl, or a lower --on_policy_fraction")
 
 
 def check_data(cfg, train_dataset) -> None:

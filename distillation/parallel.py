@@ -82,6 +82,11 @@ class Strategy:
         process samples alone from the unwrapped student: DDP synchronises nothing in forward."""
         yield model.student.generate
 
+    @contextlib.contextmanager
+    def teacher_generation(self, teacher: torch.nn.Module):
+        """The teacher's `generate` (--eval_generate: its own answers, the student's yardstick)."""
+        yield teacher.generate
+
     def full_state(self, model: torch.nn.Module) -> dict:
         """`model`'s whole state dict, for the main process to save (called on every rank)."""
         return model.state_dict()
@@ -155,6 +160,12 @@ class FSDPStrategy(Strategy):
             yield functools.partial(model.student.generate, synced_gpus=True)
         finally:
             model.reshard()  # as the next training forward expects to find it
+
+    @contextlib.contextmanager
+    def teacher_generation(self, teacher):
+        """A sharded teacher is its own FSDP root (generate calls the root's forward, whose hooks
+        gather its weights): only the ranks must keep stepping together (`synced_gpus`)."""
+        yield functools.partial(teacher.generate, synced_gpus=True) if self.shards_teacher else teacher.generate
 
     def full_state(self, model):
         """Gathered from the shards to CPU on the main process (a collective: every rank calls it)."""

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from distillation.distributed import fast_bf16
 from distillation.lora import student_parameters
 from distillation.memory_plan import plan_of_run
+from distillation.on_policy import collapse
 
 
 class RunLog:
@@ -98,11 +99,12 @@ class Window:
 # --- console lines -----------------------------------------------------------------------------
 HIDDEN = ("examples", "predicted_classes")  # in metrics.jsonl, not on the console line
 ANSWERS = ("eval_teacher_nll", "eval_sample_length", "eval_sample_eos")  # --eval_generate
+TEACHER_ANSWERS = ("eval_teacher_sample_length", "eval_teacher_sample_eos")  # the teacher's own, the yardstick
 
 
 def eval_line(step: int, epoch: float, metrics: dict, improved: bool = False) -> str:
     """`eval step 94 (epoch 1.00) | student loss 0.65 accuracy 0.7210 | teacher ... | agreement 0.9050`."""
-    between = ("eval_teacher_agreement", *ANSWERS)  # the student against the teacher, on their own
+    between = ("eval_teacher_agreement", *ANSWERS, *TEACHER_ANSWERS)  # the student against the teacher, on their own
     student = {k[5:]: v for k, v in metrics.items() if not k.startswith("eval_teacher_") and k not in between}
     teacher = {k[13:]: v for k, v in metrics.items() if k.startswith("eval_teacher_") and k not in between}
     parts = [f"eval step {step} (epoch {epoch:.2f})", "student " + _numbers(student)]
@@ -111,8 +113,12 @@ def eval_line(step: int, epoch: float, metrics: dict, improved: bool = False) ->
     if "eval_teacher_agreement" in metrics:
         parts.append(f"agreement {metrics['eval_teacher_agreement']:.4f}")
     if ANSWERS[0] in metrics:
-        parts.append("the student's answers: teacher NLL {:.4g}, length {:.4g}, ending in EOS {:.4g}".format(*map(metrics.get, ANSWERS)))
+        parts.append("the student's answers: teacher NLL {:.4g}, length {:.4g}, ending in EOS {:.4g}".format(*map(metrics.get, ANSWERS))
+                     + (" (the teacher's own: length {:.4g}, EOS {:.4g})".format(*map(metrics.get, TEACHER_ANSWERS))
+                        if TEACHER_ANSWERS[0] in metrics else ""))
     line = " | ".join(parts) + (" (best so far)" if improved else "")
+    if collapse(metrics):
+        line += "\n  warning: " + collapse(metrics)
     if student.get("predicted_classes") == 1:
         line += "\n  warning: the student predicts one class for every evaluation example; check --learning_rate and the labels"
     return line
@@ -207,6 +213,8 @@ def run_summary(d, summary) -> list:
     if d.last_eval:
         lines.append(f"last eval (step {d.last_eval_step}): " + _numbers({k[5:]: v for k, v in d.last_eval.items()
                                                                           if not k.startswith("eval_teacher_") or k in ANSWERS}))
+        if collapse(d.last_eval):
+            lines.append("warning: " + collapse(d.last_eval))
     if summary.get("teacher_cache"):
         cache = summary["teacher_cache"]
         lines.append(f"teacher cache: {cache['served_from_cache']:,} of {cache['training_examples']:,} training examples served "

@@ -6,8 +6,10 @@
     python scripts/train.py --objective clm --student_name S --data_file teacher_says.jsonl --dump_path runs/seqkd
 
 Prompts are instruction records (`instruction`, optional `input`; an `output` is ignored),
-rendered as train.py renders them (the tokenizer's chat template, else Alpaca's, or
---prompt_template). Rerunning the same command finishes an interrupted file with the same
+rendered and tokenised as train.py does it (the tokenizer's chat template, else Alpaca's, or
+--prompt_template; the tokenizer's BOS). The responses are drawn by the flags alone: the model
+folder's generation_config.json is not read, but for its EOS ids, which end a response as the
+tokenizer's EOS does. Rerunning the same command finishes an interrupted file with the same
 responses an unbroken run writes (each prompt's draws are seeded by its index).
 distillation/generation.py says how.
 """
@@ -23,10 +25,11 @@ from distillation.config import PRECISIONS, DistillConfig
 from distillation.data.identity import file_sha256
 from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
-from distillation.generation import check_dump_file, generate_all, join_parts, read_prompts
+from distillation.generation import check_dump_file, generate_all, join_parts, read_prompts, sampling_config
 from distillation.models import TORCH_DTYPES, load_config, load_tokenizer
 
-SETTINGS = ("model", "tokenizer_name", "prompt_template", "num_responses", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "dtype")
+SETTINGS = ("model", "tokenizer_name", "prompt_template", "num_responses", "max_new_tokens", "temperature", "top_p", "top_k",
+            "repetition_penalty", "seed", "dtype")
 
 
 def parse_args(argv=None):
@@ -43,11 +46,16 @@ def parse_args(argv=None):
     p.add_argument("--top_p", type=float, default=1.0, help="Nucleus sampling: the smallest set of tokens holding this much mass.")
     p.add_argument("--top_k", type=int, default=0, help="Draw among the k most likely tokens only; 0 = no cut (not generate's "
                    "fallback of 50, nor the model's generation_config: the flags say how the responses are drawn).")
+    p.add_argument("--repetition_penalty", type=float, default=1.0, help="Penalise every token already in the prompt or "
+                   "response (CTRL's: a positive logit divided by this, a negative one multiplied); 1 = off. The model's "
+                   "generation_config.json is not read: give its value here to draw as its authors recommend.")
     p.add_argument("--seed", type=int, default=DistillConfig.seed, help="Seed of the draws (prompt i uses its own, from this).")
     p.add_argument("--dtype", choices=PRECISIONS, default="fp32", help="The dtype the model is loaded in.")
     p.add_argument("--force", action="store_true", help="Write --dump_file again (and drop the parts of an unfinished run).")
     args = p.parse_args(argv)
     require_positive(args, "num_responses", "max_new_tokens")
+    if args.repetition_penalty <= 0:
+        raise InputError(f"--repetition_penalty must be > 0 (got {args.repetition_penalty:g}; 1 = off)")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise InputError(f"--temperature and --top_k must be >= 0 and --top_p in (0, 1] (got {args.temperature:g}, {args.top_k}, "
                          f"{args.top_p:g})")
@@ -96,8 +104,9 @@ def _main(argv=None):
         with open(args.dump_file + ".settings.json", "w") as f:
             json.dump(settings, f, indent=1)
     barrier(env)
-    wrote = generate_all(model, tokenizer, prompts, args.dump_file, env, args.num_responses, args.max_new_tokens, args.temperature,
-                         args.top_p, args.top_k, args.seed)
+    config = sampling_config(tokenizer, model, args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.repetition_penalty,
+                             args.num_responses)
+    wrote = generate_all(model, tokenizer, prompts, args.dump_file, env, config, args.seed)
     rows = join_parts(args.dump_file, len(prompts), args.num_responses, env)
     if env.is_main:
         os.remove(args.dump_file + ".settings.json")

@@ -10,7 +10,7 @@ blocks of `max_len` tokens (the usual causal-LM recipe: no token is padded or dr
 """
 
 import itertools
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -62,12 +62,27 @@ def render_prompt(instruction: str, extra: str, tokenizer, template: Optional[st
     return (ALPACA_PROMPT if extra else ALPACA_PROMPT_NO_INPUT).format(instruction=instruction, input=extra)
 
 
+def encode_prompts(records: List[Tuple[str, str]], tokenizer, template: Optional[str]) -> List[List[int]]:
+    """The prompt ids of (instruction, input) records, as training reads them and as
+    generate_responses.py asks the writer: one function, so the writer answers exactly the
+    prompt the student learns the answer to."""
+    texts = [render_prompt(instruction, extra, tokenizer, template) for instruction, extra in records]
+    chat = template is None and bool(getattr(tokenizer, "chat_template", None))
+    # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
+    # leading ones (e.g. Llama's <s>) but no trailing [SEP]-like token, which would split prompt and response.
+    ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
+    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
+    return [row[:-1] if row and row[-1] in trailing and not chat else row for row in ids]
+
+
 def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str]) -> TokenSequences:
     """Instruction records -> prompt + response + eos ids, truncated to `max_len`; records whose
     prompt leaves no room for a response token are dropped. Every record needs a string
     `instruction` and `output`; `input` may be missing, null or a string. A record whose
     `ended_with_eos` is false (generate_responses.py: cut by --max_new_tokens) gets no EOS: the
-    student must not learn to stop where the writer was stopped."""
+    student must not learn to stop where the writer was stopped. The EOS appended is the
+    tokenizer's, whichever of generation.stop_ids ended the writer's answer (the text holds none
+    of them), so every record ends the way the student is taught to end."""
     records = read_records(path, flag)
     if "instruction" not in records[0] or "output" not in records[0]:
         raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
@@ -78,13 +93,8 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
         extra = records.column(i, "input", "input field", nullable=True) if "input" in record else None
         outputs.append(records.column(i, "output", "output field"))
         ended.append("ended_with_eos" not in record or records.column(i, "ended_with_eos", "ended_with_eos field", kinds=(bool,)))
-        prompts.append(render_prompt(instruction, extra or "", tokenizer, template))
-    chat = template is None and bool(getattr(tokenizer, "chat_template", None))
-    # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
-    # leading ones (e.g. Llama's <s>) but no trailing [SEP]-like token, which would split prompt and response.
-    prompt_ids = tokenizer(prompts, add_special_tokens=not chat)["input_ids"]
-    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
-    prompt_ids = [ids[:-1] if ids and ids[-1] in trailing and not chat else ids for ids in prompt_ids]
+        prompts.append((instruction, extra or ""))
+    prompt_ids = encode_prompts(prompts, tokenizer, template)
     responses = tokenizer(outputs, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     input_ids, prompt_lens = [], []
