@@ -17,10 +17,11 @@ In-memory models, tokenizer and data are written to a temporary folder (save_pre
 and the run reads them from there, so a run from Python and one from the command line are the
 same run: the same checks, checkpoints, resume fingerprint and folders. The temporary folder is
 removed when `distil` returns: parameters.json, the model cards and adapter_config.json name
-such an input by what it was ("<in-memory list of 96 rows>", see `_described`), not by its copy. Nothing is left behind in the process between calls (no process
-group, no signal handler, no dataset), and its state is as the caller left it (random generators,
-torch threads, transformers' logging, environment variables). Ctrl-C (a notebook's interrupt) stops at the end of the current step
-with a checkpoint: call `distil` again with `resume=True` to continue.
+such an input by what it was ("<in-memory list of 96 rows>", see `_described`), not by its copy.
+Nothing is left behind in the process between calls (no process group, no signal handler, no
+dataset), and its state is as the caller left it (random generators, torch threads,
+transformers' logging, environment variables). Ctrl-C (a notebook's interrupt) stops at the end
+of the current step with a checkpoint: call `distil` again with `resume=True` to continue.
 """
 
 import contextlib
