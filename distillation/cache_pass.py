@@ -20,7 +20,7 @@ from distillation.offline_logits import (
     EXAMPLES, FORMAT, TEACHER_CONFIG, check_examples, id_dtype, read_manifest, run_identity, shard_done, shard_stem,
     sparse_targets,
 )
-from distillation.teacher import Teacher
+from distillation.teachers import LocalTeacher
 
 
 def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_size: int, force: bool) -> dict:
@@ -57,7 +57,7 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         raise InputError(f"--dump_path: '{cfg.dump_path}' exists and holds no cache; add --force to replace it")
     model = load_teacher(cfg, objective, teacher_config)
     check_pair(model, None, tokenizer)
-    teacher = Teacher(model, objective, env.device, 0, 0, cache_train=False)
+    teacher = LocalTeacher(model, objective, env.device, 0, 0, cache_train=False)
     barrier(env)  # every rank has read what is there before rank 0 writes
     if env.is_main and not resume:
         if force and os.path.isdir(cfg.dump_path):

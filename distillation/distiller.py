@@ -55,7 +55,7 @@ class Distiller:
         self.tokenizer, self.train_dataset, self.eval_dataset = tokenizer, train_dataset, eval_dataset
         self.device = env.device
         self.terms = [t for t, (alpha, _) in TERMS.items() if getattr(cfg, alpha) > 0]
-        self.teacher = teacher  # Teacher (its model, maybe cached logits) or OfflineTeacher (--teacher_logits)
+        self.teacher = teacher  # teachers/: local or cached, one interface
 
         # Hidden-state losses: which layers meet, and a projection when widths differ.
         self.layer_pairs, projection = [], None

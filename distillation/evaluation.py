@@ -15,7 +15,7 @@ from distillation.distributed import all_gather_objects, item_seed
 
 @torch.no_grad()
 def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast, seed: int) -> dict:
-    """`eval_*` metrics of `model` (a StudentWithProjection) and of `teacher` (a Teacher)."""
+    """`eval_*` metrics of `model` (a StudentWithProjection) and of `teacher` (teachers/: its logits, or nothing at evaluation)."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)

@@ -11,21 +11,19 @@ import shutil
 from transformers import set_seed
 
 from distillation import checkpoint as ckpt
-from distillation.data.identity import example_digests
 from distillation.data.subset import split_off
 from distillation.distiller import Distiller
 from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
 from distillation.lora import add_lora
 from distillation.models import (
-    check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, model_identity, sequence_limit,
+    check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit,
     task_class,
 )
 from distillation.objectives import OBJECTIVES, build_objective
-from distillation.offline_logits import OfflineTeacher, check_examples, check_identity, read_manifest, run_identity
 from distillation.on_policy import check_data
 from distillation.parallel import build_strategy
-from distillation.teacher import Teacher
+from distillation.teachers import build_teacher
 
 
 def run(cfg) -> dict:
@@ -78,30 +76,8 @@ def build(cfg, env):
     for data in (train_dataset, eval_dataset):
         if data is not None:
             objective.check_models(teacher, student, data)
-    if cfg.teacher_logits:
-        source = offline_teacher(cfg, objective, tokenizer, train_dataset, env)
-    else:  # a sharded teacher runs on every rank together: no rank may skip it on a cache hit
-        placed = strategy.teacher(teacher) if teacher is not None else None
-        identity = model_identity(placed) if teacher is not None else None
-        source = Teacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
-                         may_cache=not strategy.shards_teacher, identity=identity)
+    source = build_teacher(cfg, objective, tokenizer, teacher, strategy, train_dataset, eval_dataset, env)
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
-
-
-def offline_teacher(cfg, objective, tokenizer, train_dataset, env) -> OfflineTeacher:
-    """The --teacher_logits cache, once it is known to be of this run's data, tokenizer and settings."""
-    manifest = read_manifest(cfg.teacher_logits)
-    if not os.path.isfile(cfg.data_file):
-        raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
-    check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
-    check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
-                   "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
-    if manifest["method"] != "full" and cfg.alpha_mse:
-        raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")
-    if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":
-        raise InputError(f"--divergence {cfg.divergence}: a sampled cache estimates forward KL only (drop --divergence, or "
-                         "cache with --method topk)")
-    return OfflineTeacher(cfg.teacher_logits, manifest, objective, env.device)
 
 
 def _check_dump_path(cfg) -> None:

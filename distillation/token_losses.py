@@ -108,7 +108,7 @@ class SparseTokenLosses(DenseTokenLosses):
 
 
 def token_losses_for(cfg, objective, student, teacher, student_forward=None):
-    """For the teacher source `teacher` (Teacher or OfflineTeacher): SparseTokenLosses for a clm
+    """For the teacher source `teacher` (teachers/): SparseTokenLosses for a clm
     cache, ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise.
     `student_forward(inputs, logits)`: the student's logits or final hidden states through its
     wrapped module (FSDP runs a sharded model from its root only)."""

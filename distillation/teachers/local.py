@@ -1,6 +1,7 @@
-"""Where the teacher's outputs come from: its forward pass, or its logits cached per example.
+"""The local teacher: a model inside every training process (whole, or sharded under fsdp), whose
+logits may be kept per example after their first forward.
 
-The Distiller asks `Teacher.outputs(batch, ...)` and never looks at which. Logits may be cached
+Logits may be cached
 only when a batch's inputs are a pure function of its examples (the objective says so with
 `deterministic_inputs`): MLM re-masks every step, so its teacher logits cannot be reused.
 Evaluation inputs never change, so evaluation logits are always computed once.
@@ -51,13 +52,14 @@ class TeacherCache:
         self.shared |= self.filled
 
 
-class Teacher:
+class LocalTeacher:
     """The frozen teacher (or none, for plain training) and its caches: one for the training
     set when `cache_train`, one for the evaluation set when the objective's inputs allow.
     `may_cache=False` (a teacher sharded over ranks) keeps none: every rank must run each forward.
     `identity` (models.model_identity, the same whole or sharded) goes into the resume fingerprint."""
 
-    warning = None  # nothing the run's header needs to warn about (OfflineTeacher may have)
+    warning = None  # nothing the run's header needs to warn about (a cached teacher may have)
+    sparse = False  # outputs are logits
 
     def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool, may_cache: bool = True,
                  identity: Optional[str] = None):

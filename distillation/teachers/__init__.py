@@ -1,0 +1,40 @@
+"""Where the teacher's outputs come from: the kinds of teacher, behind one interface.
+
+- local (local.py): the model inside every training process (whole, or sharded under fsdp);
+  its logits may be kept per example after their first forward (--cache_teacher_logits).
+- cached (cached.py, --teacher_logits DIR): a cache that scripts/cache_teacher.py wrote once;
+  no model in training memory.
+
+The Distiller, evaluation and the cache pass call only this interface and never ask which kind
+they hold:
+
+    outputs(batch, with_hidden=False, split="train", logits=True)
+        -> (logits [B, ..., C] or SparseTargets (`sparse`), hidden states or None);
+           (None, None) where the kind has nothing (no teacher; a cache at evaluation)
+    end_epoch(env)          at every epoch end, on every rank (a collective where it shares)
+    report(env) -> dict     for the run summary (a collective where it sums over ranks)
+    parameters() -> int | None
+    model                   the module, where there is one in memory (hidden-state losses,
+                            chunked losses, generation), else None
+    identity                what the resume fingerprint compares
+    description, warning    the run header's lines
+    sparse                  outputs are SparseTargets (top-k or draws), not logits
+"""
+
+from distillation.models import model_identity
+from distillation.teachers.cached import CachedTeacher, cached_teacher
+from distillation.teachers.local import LocalTeacher
+
+
+def build_teacher(cfg, objective, tokenizer, model, strategy, train_dataset, eval_dataset, env):
+    """The run's teacher: the --teacher_logits cache, else the local `model` (None: no teacher)
+    placed by `strategy`."""
+    if cfg.teacher_logits:
+        return cached_teacher(cfg, objective, tokenizer, train_dataset, env)
+    # A sharded teacher runs on every rank together: no rank may skip it on a cache hit.
+    placed = strategy.teacher(model) if model is not None else None
+    return LocalTeacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
+                        may_cache=not strategy.shards_teacher, identity=model_identity(placed) if model is not None else None)
+
+
+__all__ = ["CachedTeacher", "LocalTeacher", "build_teacher"]
