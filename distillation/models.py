@@ -151,7 +151,7 @@ def load_teacher(cfg, objective, config, on_meta: bool = False):
         raise InputError(
             f"--teacher_name: '{cfg.teacher_name}' has no trained weights for {', '.join(missing[:3])}"
             f"{f' (+{len(missing) - 3} more)' if len(missing) > 3 else ''}: a {objective.name} teacher needs its trained "
-            f"{objective.auto_model_class.__name__.removeprefix('AutoModelFor')} head (fine-tune it first: README, 'Classification quick start')"
+            f"{objective.auto_model_class.__name__.removeprefix('AutoModelFor')} head (fine-tune it first: docs/classification.md)"
         )
     teacher.eval()
     teacher.requires_grad_(False)

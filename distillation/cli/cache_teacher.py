@@ -50,7 +50,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     classification = args.objective == "sequence_classification"
     args.method = args.method or ("full" if classification else "sampled")
-    if args.head is None:  # the lower-variance split of 64 bytes at this temperature (README, "The teacher's logits, offline")
+    if args.head is None:  # the lower-variance split of 64 bytes at this temperature (docs/offline-logits.md)
         args.head = 4 if args.temperature <= 1 else 0
     if args.head < 0:
         raise InputError(f"--head {args.head}: must be 0 or more")

@@ -1,6 +1,6 @@
 """The embedded demo: distil a real teacher into a half-depth student, offline, on a CPU.
 
-    python scripts/demo.py                          # ~10 min on 2 CPU cores, seconds on a GPU; report in runs/demo/
+    python scripts/demo.py                          # ~3-10 min on 2 CPU cores (bf16 where the CPU has it); report in runs/demo/
     python scripts/demo.py --dump_path /tmp/demo --force
     python scripts/demo.py --quick                  # the same wiring on a few dozen tweets
 

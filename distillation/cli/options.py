@@ -23,7 +23,7 @@ SECTIONS = {
 USAGE = """python scripts/train.py [--config FILE.json] [--flag value ...]
 
 Distil a teacher into a student (or, without --teacher_name, train it on the labels). The flags of
-the reference distiller keep their meaning (README, "Reference flags"); defaults that differ by
+the reference distiller keep their meaning (docs/reference-flags.md); defaults that differ by
 objective are listed as such. Bad input: one line on stderr, exit code 2, nothing written."""
 
 
