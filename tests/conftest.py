@@ -190,3 +190,22 @@ def kill_after_step(cmd, dump, step, timeout=240):
 
 def final_weights(dump):
     return load_file(os.path.join(dump, "final", "model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def vllm_teacher(tmp_path_factory):
+    """One real vLLM server for the session (tests/vllm_server.py): a tiny Llama teacher over
+    lm_helpers' causal tokenizer, fp32, --max-logprobs 64. Yields (url, folder, process); a
+    server that cannot start fails the test with its log's tail (never a skip)."""
+    from vllm_server import VllmTeacher, build_teacher, start_server, stop_server
+
+    root = tmp_path_factory.mktemp("vllm")
+    folder = build_teacher(str(root / "teacher"))
+    try:
+        url, proc = start_server(folder, str(root / "server.log"))
+    except Exception as err:  # the venv's creation or the server's start
+        pytest.fail(f"vLLM teacher server: {err}", pytrace=False)
+    try:
+        yield VllmTeacher(url, folder, proc)
+    finally:
+        stop_server(proc)
