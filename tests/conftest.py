@@ -193,16 +193,19 @@ def final_weights(dump):
 
 
 @pytest.fixture(scope="session")
-def vllm_teacher(tmp_path_factory):
+def vllm_teacher(tmp_path_factory, request):
     """One real vLLM server for the session (tests/vllm_server.py): a tiny Llama teacher over
     lm_helpers' causal tokenizer, fp32, --max-logprobs 64. Yields (url, folder, process); a
     server that cannot start fails the test with its log's tail (never a skip)."""
-    from vllm_server import VllmTeacher, build_teacher, start_server, stop_server
+    from vllm_server import VllmTeacher, build_teacher, start_server, stop_server, vllm_python
 
     root = tmp_path_factory.mktemp("vllm")
     folder = build_teacher(str(root / "teacher"))
     try:
-        url, proc = start_server(folder, str(root / "server.log"))
+        # not captured: making the venv takes minutes, and says so
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            python = vllm_python()
+        url, proc = start_server(folder, str(root / "server.log"), python)
     except Exception as err:  # the venv's creation or the server's start
         pytest.fail(f"vLLM teacher server: {err}", pytrace=False)
     try:

