@@ -93,6 +93,18 @@ class DistillConfig:
     teacher_logits: Optional[str] = _opt(None, "clm or classification: train from a cache of the teacher's outputs made by "
                                          "scripts/cache_teacher.py (a folder), without loading the teacher.", "models",
                                          shown="none: the teacher runs in the loop")
+    teacher_url: Optional[str] = _opt(None, "clm: the teacher on its own server, an OpenAI-compatible one that returns prompt "
+                                      "log-probabilities (vLLM's prompt_logprobs), e.g. http://127.0.0.1:8000; training learns its "
+                                      "top --teacher_top_k tokens and the rest's mass at each position (distillation/teachers/served.py).",
+                                      "models", shown="none: the teacher runs in the loop")
+    teacher_served_model: Optional[str] = _opt(None, "--teacher_url: the served model's name.", "models",
+                                               shown="the server's only model")
+    teacher_top_k: int = _opt(20, "--teacher_url: the teacher's most likely tokens per position (at most the server's "
+                              "--max-logprobs).", "models")
+    teacher_timeout: float = _opt(120.0, "--teacher_url: seconds one request may take before it is retried.", "models")
+    teacher_retries: int = _opt(5, "--teacher_url: retries of a failed request (with backoff) before the run stops.", "models")
+    teacher_prefetch: bool = _opt(True, "--teacher_url: ask for the next step's targets while the student computes this one "
+                                  "(--no-teacher_prefetch: ask at each step's start and wait).", "models")
     teacher_dtype: Optional[str] = _opt(None, "The dtype the frozen teacher is loaded and held in (it has no optimizer: its "
                                         "weights only ever meet autocast's compute).", "models", choices=PRECISIONS,
                                         shown="--precision's: bf16 or fp16 under those, else fp32")
@@ -246,7 +258,7 @@ class DistillConfig:
         self.fp16 = self.precision == "fp16"
         self._resolve_task_alpha()
         column = OBJECTIVE_NAMES.index(self.objective)
-        if self.teacher_name is None and self.teacher_logits is None:  # nothing to distil: teacher losses default to 0
+        if self.teacher_name is None and self.teacher_logits is None and self.teacher_url is None:  # nothing to distil: teacher losses default to 0
             for name in TEACHER_LOSSES:
                 if getattr(self, name) is None:
                     setattr(self, name, 0.0)

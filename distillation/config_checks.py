@@ -10,6 +10,20 @@ from distillation.on_policy import check_config as check_on_policy
 OBJECTIVE_NAMES = ("sequence_classification", "mlm", "clm")
 
 
+def check_served(cfg, need) -> None:
+    """--teacher_url: what a teacher that answers with top-k log-probabilities can teach."""
+    need(cfg.teacher_name is None, "give --teacher_name or --teacher_url, not both (a served teacher replaces the local one)")
+    need(cfg.objective == "clm", f"--teacher_url: --objective {cfg.objective} needs the teacher's logits of its own head; a "
+         "served teacher returns next-token log-probabilities (clm) only")
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "on_policy_fraction", "eval_generate")
+                   if getattr(cfg, f)] + (["cache_teacher_logits"] if cfg.cache_teacher_logits else [])
+    need(not unsupported, f"--teacher_url: --{unsupported[0] if unsupported else ''} is not available with a served teacher "
+         "(it needs the teacher's full logits, hidden states or a local model); drop it")
+    need(cfg.teacher_top_k >= 1 and cfg.teacher_timeout > 0 and cfg.teacher_retries >= 0,
+         f"--teacher_top_k must be >= 1, --teacher_timeout > 0 and --teacher_retries >= 0 (got {cfg.teacher_top_k}, "
+         f"{cfg.teacher_timeout:g}, {cfg.teacher_retries})")
+
+
 def validate(cfg) -> None:
     """Raise InputError on the first option that does not fit the others."""
     def need(cond, msg):
@@ -45,12 +59,15 @@ def validate(cfg) -> None:
         need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
     need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
     if cfg.teacher_logits is not None:
-        need(cfg.teacher_name is None, "give --teacher_name or --teacher_logits, not both (a cache replaces the teacher)")
+        need(cfg.teacher_name is None and cfg.teacher_url is None,
+             "give one of --teacher_name, --teacher_logits and --teacher_url (a cache replaces the teacher)")
         need(cfg.objective != "mlm", "--teacher_logits: mlm re-masks every step, so its teacher logits cannot be cached")
         unsupported = [f for f in ("alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "validation_split")
                        if getattr(cfg, f)] + (["cache_teacher_logits"] if cfg.cache_teacher_logits else [])
         need(not unsupported, f"--teacher_logits: --{unsupported[0] if unsupported else ''} needs the teacher's full logits "
              "or hidden states (or, for --validation_split, the cache's example order): drop it")
+    elif cfg.teacher_url is not None:
+        check_served(cfg, need)
     elif cfg.teacher_name is None:
         used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
         need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
@@ -82,7 +99,7 @@ def validate(cfg) -> None:
     if cfg.unlabelled_ok or cfg.unlabelled_file:
         flag = "--unlabelled_ok" if cfg.unlabelled_ok else f"--unlabelled_file {cfg.unlabelled_file}"
         need(cfg.objective == "sequence_classification", f"{flag}: only for --objective sequence_classification")
-        need(bool(cfg.teacher_name or cfg.teacher_logits) and cfg.alpha_ce + cfg.alpha_mse > 0,
+        need(bool(cfg.teacher_name or cfg.teacher_logits or cfg.teacher_url) and cfg.alpha_ce + cfg.alpha_mse > 0,
              f"{flag}: rows without labels learn only from the teacher: give --teacher_name and --alpha_ce > 0")
         need(not cfg.validation_split, f"--validation_split: with {flag} give an --eval_file (held-out rows need labels)")
     if cfg.fp16:

@@ -32,14 +32,14 @@ from transformers import get_linear_schedule_with_warmup
 from distillation import checkpoint as ckpt
 from distillation.data.grouped_batch_sampler import epoch_batches
 from distillation.distributed import all_gather_objects, all_reduce_sum
-from distillation.errors import InputError, TrainingStopped
+from distillation.errors import InputError, TeacherUnavailable, TrainingStopped
 from distillation.evaluation import evaluate
 from distillation.hidden import StudentWithProjection, build_projection, parse_layer_map
 from distillation.lora import student_parameters
 from distillation.losses import hidden_cosine, hidden_mse
 from distillation.models import autocast_dtype, freeze_embeddings
 from distillation.on_policy import OnPolicy, held_out_prompts
-from distillation.reporting import RunLog, Window, eval_line, memory_mb, run_header, run_summary
+from distillation.reporting import RunLog, Window, as_logged, eval_line, memory_mb, run_header, run_summary
 from distillation.saving import ModelFolders
 from distillation.token_losses import token_losses_for
 
@@ -154,10 +154,17 @@ class Distiller:
                     num_workers=self.cfg.num_workers, generator=torch.Generator(),
                 )
                 micro_batches = iter(loader)
-                for first in range(0, len(batches), self.cfg.gradient_accumulation_steps):
-                    group = [next(micro_batches) for _ in batches[first : first + self.cfg.gradient_accumulation_steps]]
+                starts = range(0, len(batches), self.cfg.gradient_accumulation_steps)
+                draw = lambda first: [next(micro_batches) for _ in batches[first : first + self.cfg.gradient_accumulation_steps]]  # noqa: E731
+                upcoming = draw(0) if starts else None
+                for n, first in enumerate(starts):
+                    # the next step's micro-batches drawn one step ahead: a teacher that asks elsewhere asks early
+                    group, upcoming = upcoming, draw(starts[n + 1]) if n + 1 < len(starts) else None
+                    if not self._teacher_ready(group, upcoming):
+                        self._save_checkpoint()
+                        return self._finish(start, interrupted=True)
                     before = self.iterations
-                    window.add(_as_logged(self._step(group)))
+                    window.add(as_logged(self._step(group), TERMS))
                     self.step += 1
                     self.batch_in_epoch += len(group)
                     bar.update(1)
@@ -193,6 +200,19 @@ class Distiller:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return self._finish(start, interrupted=False, stopped_early=stop_early)
+
+    def _teacher_ready(self, group, upcoming) -> bool:
+        """The teacher's part of the step is ready on every rank, or it stopped answering on one."""
+        failure = None
+        try:
+            self.teacher.prepare(group, upcoming)
+        except TeacherUnavailable as err:
+            failure = str(err)
+        if all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device), self.env).item() == 0:
+            return True
+        self.log.say(f"stopped before step {self.step + 1}: the teacher is unavailable ({failure or 'on another process'}); the "
+                     f"checkpoint holds step {self.step}: once the teacher answers again, rerun with --resume")
+        return False
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum  # acted on at the end of the current step, on every rank
@@ -374,15 +394,6 @@ class Distiller:
         self.log.say(*run_summary(self, summary))
         self.log.close()
         return summary
-
-
-def _as_logged(values: dict) -> dict:
-    """A step's values as the log averages them (reporting.Window: each term over the steps that
-    have it): a sampled step's terms apart (`ce_on_policy`), its hard-label term, weighted 0 (the
-    student's own tokens are no labels), not at all."""
-    if not values["on_policy"]:
-        return values
-    return {f"{k}_on_policy" if k in TERMS else k: v for k, v in values.items() if k != "task"}
 
 
 def _to(batch, device):

@@ -11,3 +11,8 @@ class InputError(Exception):
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss on some rank); the last checkpoint is kept."""
+
+
+class TeacherUnavailable(RuntimeError):
+    """The teacher stopped answering (a served one, past its retries): the run stops at a step
+    boundary with a checkpoint, from which --resume continues once it answers again."""

@@ -96,6 +96,15 @@ class Window:
         return record
 
 
+def as_logged(values: dict, terms) -> dict:
+    """A step's values as Window averages them (each term over the steps that have it): a
+    sampled step's `terms` apart (`ce_on_policy`), its hard-label term, weighted 0 (the student's
+    own tokens are no labels), not at all."""
+    if not values["on_policy"]:
+        return values
+    return {f"{k}_on_policy" if k in terms else k: v for k, v in values.items() if k != "task"}
+
+
 # --- console lines -----------------------------------------------------------------------------
 HIDDEN = ("examples", "predicted_classes")  # in metrics.jsonl, not on the console line
 ANSWERS = ("eval_teacher_nll", "eval_sample_length", "eval_sample_eos")  # --eval_generate
@@ -141,7 +150,8 @@ def run_header(d, fresh_weights) -> list:
     """What the run is about to do (d: the Distiller), defaults that were not given included."""
     cfg, n_eval = d.cfg, len(d.eval_dataset) if d.eval_dataset is not None else 0
     teacher = (f"teacher {cfg.shown('teacher_name')} ({millions(d.teacher.parameters())} parameters, {cfg.teacher_dtype})" if cfg.teacher_name
-               else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits else "no teacher")
+               else f"teacher logits cached in {cfg.teacher_logits} (the teacher is not loaded)" if cfg.teacher_logits
+               else f"teacher served at {cfg.teacher_url} (not loaded here)" if cfg.teacher_url else "no teacher")
     student = f"student {cfg.shown('student_name') or cfg.student_config} ({millions(student_parameters(d.model.student))})"
     if cfg.lora_r:
         trained = sum(p.numel() for p in d.model.student.parameters() if p.requires_grad)
@@ -215,6 +225,9 @@ def run_summary(d, summary) -> list:
                                                                           if not k.startswith("eval_teacher_") or k in ANSWERS}))
         if collapse(d.last_eval):
             lines.append("warning: " + collapse(d.last_eval))
+    if summary.get("teacher_requests"):
+        lines.append(f"teacher server: {summary['teacher_requests']:,} requests; the student waited {summary['teacher_wait_s']:.1f} s "
+                     "for them (this process)")
     if summary.get("teacher_cache"):
         cache = summary["teacher_cache"]
         lines.append(f"teacher cache: {cache['served_from_cache']:,} of {cache['training_examples']:,} training examples served "

@@ -138,4 +138,6 @@ def _part(state: dict, prefix: str) -> dict:
 def teacher_line(cfg) -> str:
     if cfg.teacher_name:
         return cfg.shown("teacher_name")
+    if cfg.teacher_url:
+        return f"served at {cfg.teacher_url} (its top {cfg.teacher_top_k} log-probabilities a position)"
     return f"its logits cached in {cfg.teacher_logits}" if cfg.teacher_logits else "none (trained on the labels only)"

@@ -124,9 +124,14 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
     (["--divergence", "jsd", "--divergence_beta", "1.5", "--teacher_name", "t"], "--divergence_beta must be in [0, 1] for --divergence jsd"),
     (["--loss_chunk_rows", "8", "--teacher_name", "t"], "--loss_chunk_rows 8: chunked losses are implemented for clm only"),
     (["--objective", "mlm", "--token_counts", "c", "--teacher_logits", "c"], "--teacher_logits: mlm re-masks every step"),
-    (["--objective", "clm", "--teacher_logits", "c", "--teacher_name", "t"], "give --teacher_name or --teacher_logits, not both"),
+    (["--objective", "clm", "--teacher_logits", "c", "--teacher_name", "t"], "give one of --teacher_name, --teacher_logits and --teacher_url"),
     (["--objective", "clm", "--teacher_logits", "c", "--alpha_cos", "1"], "--teacher_logits: --alpha_cos needs the teacher's"),
     (["--objective", "clm", "--teacher_logits", "c", "--loss_chunk_rows", "8"], "--teacher_logits: --loss_chunk_rows needs"),
+    (["--objective", "clm", "--teacher_url", "u", "--teacher_name", "t"], "give --teacher_name or --teacher_url, not both"),
+    (["--teacher_url", "u"], "--teacher_url: --objective sequence_classification needs the teacher's logits of its own head"),
+    (["--objective", "clm", "--teacher_url", "u", "--alpha_cos", "1"], "--teacher_url: --alpha_cos is not available"),
+    (["--objective", "clm", "--teacher_url", "u", "--on_policy_fraction", "0.5"], "--on_policy_fraction 0.5: needs --teacher_name"),
+    (["--objective", "clm", "--teacher_url", "u", "--teacher_top_k", "0"], "--teacher_top_k must be >= 1"),
 ])
 def test_validation_names_the_flag(argv, flag):
     with pytest.raises(InputError, match=re.escape(flag)):

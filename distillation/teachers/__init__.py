@@ -4,6 +4,8 @@
   its logits may be kept per example after their first forward (--cache_teacher_logits).
 - cached (cached.py, --teacher_logits DIR): a cache that scripts/cache_teacher.py wrote once;
   no model in training memory.
+- served (served.py, --teacher_url URL): the teacher on its own inference server (vLLM), asked
+  for its top-k log-probabilities at every position of each micro-batch.
 
 The Distiller, evaluation and the cache pass call only this interface and never ask which kind
 they hold:
@@ -11,6 +13,9 @@ they hold:
     outputs(batch, with_hidden=False, split="train", logits=True)
         -> (logits [B, ..., C] or SparseTargets (`sparse`), hidden states or None);
            (None, None) where the kind has nothing (no teacher; a cache at evaluation)
+    prepare(group, upcoming) before each optimizer step, with its micro-batches and the next
+                            step's (None at the last): a kind that asks elsewhere sends its requests
+                            here, so the student waits less; raises errors.TeacherUnavailable when it cannot
     end_epoch(env)          at every epoch end, on every rank (a collective where it shares)
     report(env) -> dict     for the run summary (a collective where it sums over ranks)
     parameters() -> int | None
@@ -24,17 +29,20 @@ they hold:
 from distillation.models import model_identity
 from distillation.teachers.cached import CachedTeacher, cached_teacher
 from distillation.teachers.local import LocalTeacher
+from distillation.teachers.served import ServedTeacher, served_teacher
 
 
 def build_teacher(cfg, objective, tokenizer, model, strategy, train_dataset, eval_dataset, env):
-    """The run's teacher: the --teacher_logits cache, else the local `model` (None: no teacher)
-    placed by `strategy`."""
+    """The run's teacher: the --teacher_logits cache, the --teacher_url server, else the local
+    `model` (None: no teacher) placed by `strategy`."""
     if cfg.teacher_logits:
         return cached_teacher(cfg, objective, tokenizer, train_dataset, env)
+    if cfg.teacher_url:
+        return served_teacher(cfg, objective, tokenizer, env)
     # A sharded teacher runs on every rank together: no rank may skip it on a cache hit.
     placed = strategy.teacher(model) if model is not None else None
     return LocalTeacher(placed, objective, env.device, len(train_dataset), len(eval_dataset or ()), cfg.cache_teacher_logits,
                         may_cache=not strategy.shards_teacher, identity=model_identity(placed) if model is not None else None)
 
 
-__all__ = ["CachedTeacher", "LocalTeacher", "build_teacher"]
+__all__ = ["CachedTeacher", "LocalTeacher", "ServedTeacher", "build_teacher"]

@@ -87,6 +87,9 @@ class CachedTeacher:
         extra = {name: cat[name].float() for name in ("tail", "entropy") if name in cat}
         return SparseTargets(self.method, cat["ids"].long(), cat["values"].float(), **extra), None
 
+    def prepare(self, group: list, upcoming) -> None:
+        """Nothing to ask ahead: outputs computes or reads each micro-batch's when it is needed."""
+
     def end_epoch(self, env) -> None:
         """Nothing to do: every rank reads the whole cache."""
 

@@ -104,6 +104,9 @@ class LocalTeacher:
             cache.put(batch["index"], first)
         return first, (out.hidden_states[1:] if with_hidden else None)
 
+    def prepare(self, group: list, upcoming) -> None:
+        """Nothing to ask ahead: outputs computes or reads each micro-batch's when it is needed."""
+
     def end_epoch(self, env) -> None:
         """At every epoch end, on every rank: pool the ranks' training caches."""
         if self.caches["train"] is not None and env.is_distributed:

@@ -1,0 +1,176 @@
+"""The served teacher (--teacher_url): a teacher on its own inference server (vLLM's
+OpenAI-compatible server), never in training memory.
+
+For each training micro-batch the server gets every row's token ids (never text) and returns,
+at every position, the teacher's --teacher_top_k most likely next tokens with their
+log-probabilities (vLLM's `prompt_logprobs`). Training compares k + 1 buckets: those k tokens
+and "the rest", whose teacher mass is what the k leave; the student's distribution is taken
+over the same buckets. This is the cache's top-k method (offline_logits.SparseTargets, one loss
+path in token_losses.SparseTokenLosses), so every --divergence applies.
+
+Temperature: the server's log-probabilities are at T = 1, and the tempered mass of the rest
+cannot be recovered from its total alone (it depends on how the rest is spread). At T ≠ 1 the
+rest is tempered as if it were one token: the k + 1 log-probabilities are divided by T and
+renormalised (`tempered_buckets`). At T > 1 this gives the rest less mass than the full
+tempered distribution would (Σ p_i^(1/T) ≥ (Σ p_i)^(1/T)); at T = 1 it is exact.
+
+Identity, before anything is written: the served model's tokenizer must be the run's (the same
+ids for probe strings, the chat template's special tokens among them), and the resume
+fingerprint holds the served model's name, its vocabulary and a digest of its top-k on a
+fixed probe (a URL is no identity: another model may answer there after a restart).
+Limits: clm; no hidden-state or logit-MSE losses, no on-policy steps or --eval_generate yet
+(they need a local model); evaluation reports the student only.
+"""
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional
+
+import torch
+
+from distillation.errors import InputError, TeacherUnavailable
+from distillation.offline_logits import SparseTargets
+from distillation.teachers.served_client import ServedModel, ServerError
+
+# Strings whose ids must agree between the server's tokenizer and ours (the chat template's
+# special tokens are added by `probe_texts`).
+PROBES = ("Hello, world!", "  two spaces, a tab\tand 3.14159", "The quick brown fox jumps over the lazy dog.")
+
+
+def tempered_buckets(logp: torch.Tensor, temperature: float) -> tuple:
+    """The teacher's k + 1 buckets at T from its top-k log-probabilities at T = 1.
+
+    Args:
+        logp: [N, K] log-probabilities at T = 1 of K distinct tokens per row.
+    Returns:
+        (values [N, K], tail [N]): log-probabilities at T of the K tokens and of the rest, the
+        rest tempered as one token (exact at T = 1).
+    """
+    rest = torch.log(torch.clamp(-torch.expm1(torch.logsumexp(logp, dim=-1)), min=1e-30))
+    buckets = torch.cat([logp, rest.unsqueeze(-1)], dim=-1) / temperature
+    buckets = buckets - torch.logsumexp(buckets, dim=-1, keepdim=True)
+    return buckets[:, :-1], buckets[:, -1]
+
+
+def probe_texts(tokenizer) -> List[str]:
+    """PROBES and the chat template's rendering of a short exchange (its special tokens), if any."""
+    texts = list(PROBES)
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return texts
+
+
+def served_teacher(cfg, objective, tokenizer, env) -> "ServedTeacher":
+    """The --teacher_url teacher, once its server answers and its tokenizer is the run's; InputError
+    (exit 2, nothing written) otherwise."""
+    try:
+        client = ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
+        for text in probe_texts(tokenizer):
+            ours, theirs = tokenizer(text, add_special_tokens=False)["input_ids"], client.tokenize(text)
+            if ours != theirs:
+                raise InputError(f"--teacher_url: the served model {client.model!r} tokenises {text!r} as {theirs[:12]}, the run's "
+                                 f"tokenizer as {ours[:12]}: teacher and student must share a tokenizer (--tokenizer_name)")
+        if client.vocab_size < objective.columns:
+            raise InputError(f"--teacher_url: the served model {client.model!r} has {client.vocab_size} tokens, the run's tokenizer "
+                             f"{objective.columns}: teacher and student must share a tokenizer (--tokenizer_name)")
+        if client.max_model_len is not None and cfg.max_seq_length > client.max_model_len:
+            raise InputError(f"--max_seq_length {cfg.max_seq_length}: the served model takes at most {client.max_model_len} tokens "
+                             "(the server's --max-model-len)")
+        probe = tokenizer(PROBES[-1], add_special_tokens=False)["input_ids"]
+        (ids, values), = client.prompt_logprobs([probe], cfg.teacher_top_k)
+    except ServerError as err:
+        raise InputError(f"--teacher_url: {err}") from None
+    if int(ids.max()) >= objective.columns:
+        raise InputError(f"--teacher_url: the served model {client.model!r} proposes token id {int(ids.max())}, past the run's "
+                         f"tokenizer ({objective.columns} tokens): another tokenizer")
+    # Top-k ids and log-probabilities to 2 decimals: the same model answers alike after a restart.
+    digest = hashlib.sha256(json.dumps([ids.tolist(), torch.as_tensor(values).round(decimals=2).tolist()]).encode()).hexdigest()
+    identity = f"served {client.model!r} of {client.vocab_size} tokens, probe {digest[:16]}"
+    return ServedTeacher(client, objective, cfg, env.device, identity)
+
+
+class ServedTeacher:
+    """SparseTargets (top-k and the rest) of training batches from the server; nothing for
+    evaluation (it reports the student only). `prepare` sends a step's requests (and, with
+    --teacher_prefetch, the next step's) before the student computes: the student waits only for
+    what the server has not answered by then, and a server that fails does so before the step
+    starts, so the run can stop at a step boundary."""
+
+    model = None
+    sparse = True
+    warning = None
+
+    def __init__(self, client: ServedModel, objective, cfg, device, identity: str):
+        self.client, self.objective, self.device, self.identity = client, objective, device, identity
+        self.k, self.temperature, self.prefetch = cfg.teacher_top_k, cfg.temperature, cfg.teacher_prefetch
+        self.description = (f"served at {client.url} ({client.model!r}): its top {self.k} and the rest's mass a position, "
+                            f"asked for each micro-batch{', the next step ahead' if self.prefetch else ''}; evaluation reports "
+                            "the student only")
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="teacher")
+        self.pending = {}  # micro-batch key -> Future of the server's answers for its rows
+        self.waited, self.requests = 0.0, 0
+
+    @staticmethod
+    def _key(batch) -> tuple:
+        return tuple(batch["index"].tolist())  # a micro-batch's examples: unique within an epoch
+
+    def _ask(self, batch) -> None:
+        if self._key(batch) not in self.pending:
+            mask = batch["attention_mask"].bool()
+            sequences = [row[m].tolist() for row, m in zip(batch["input_ids"], mask)]
+            self.pending[self._key(batch)] = self.pool.submit(self.client.prompt_logprobs, sequences, self.k)
+            self.requests += 1
+
+    def prepare(self, group: list, upcoming: Optional[list]) -> None:
+        """Ask for `group`'s targets (the step about to run), and `upcoming`'s with prefetch;
+        wait for `group`'s. TeacherUnavailable when the server fails within --teacher_retries."""
+        for batch in group + ((upcoming or []) if self.prefetch else []):
+            self._ask(batch)
+        started = time.time()
+        try:
+            for batch in group:
+                self.pending[self._key(batch)].result()
+        except ServerError as err:
+            self.pending.clear()  # a resumed run asks again
+            raise TeacherUnavailable(str(err)) from None
+        finally:
+            self.waited += time.time() - started
+
+    def outputs(self, batch, with_hidden: bool = False, split: str = "train", logits: bool = True):
+        """(SparseTargets of the batch's target rows, in token_rows' order; None) for training,
+        (None, None) for evaluation."""
+        if split != "train":
+            return None, None
+        self._ask(batch)  # asked by prepare in a run; here for a caller without one
+        try:
+            answers = self.pending.pop(self._key(batch)).result()
+        except ServerError as err:
+            raise TeacherUnavailable(str(err)) from None
+        starts = batch["attention_mask"].int().argmax(dim=1).tolist()  # where each row's tokens begin
+        positions, _ = self.objective.token_rows(batch)
+        width = batch["input_ids"].shape[1]
+        rows, columns = [], []
+        for position in positions.cpu().tolist():
+            row, column = divmod(position, width)
+            rows.append(row)
+            columns.append(column - starts[row])  # entry j of a row predicts its token j + 1
+        ids = torch.stack([torch.from_numpy(answers[r].ids[c]) for r, c in zip(rows, columns)])
+        values = torch.stack([torch.from_numpy(answers[r].logprobs[c]) for r, c in zip(rows, columns)]).float()
+        if int(ids.max()) >= self.objective.columns:
+            raise TeacherUnavailable(f"the server at {self.client.url} proposed token id {int(ids.max())}, past the run's "
+                                     f"tokenizer ({self.objective.columns} tokens)")
+        values, tail = tempered_buckets(values, self.temperature)
+        return SparseTargets("topk", ids.to(self.device), values.to(self.device), tail=tail.to(self.device)), None
+
+    def end_epoch(self, env) -> None:
+        """Nothing to share: every rank asks for its own batches."""
+
+    def report(self, env) -> dict:
+        """The time this process's student waited for the server, and the requests it sent."""
+        return {"teacher_wait_s": self.waited, "teacher_requests": self.requests}
+
+    def parameters(self):
+        return None
