@@ -31,6 +31,7 @@ EXTERNAL_FLAGS = {
     "nproc_per_node", "nproc-per-node", "nnodes", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "standalone", "node_rank",
     "no-deps", "index-url", "upgrade", "quiet", "nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "requeue",
     "signal", "logdir", "strict", "site-dir", "config-file",
+    "max-logprobs", "port", "host", "tensor-parallel-size", "max-model-len",  # vLLM's server
 }
 
 FLAG = re.compile(r"(?<![\w-])--([A-Za-z][\w-]*)")
