@@ -22,7 +22,7 @@ from conftest import ROOT, SUBPROCESS_ENV
 
 from distillation.tools.check_docs import check, script_options
 
-PAGES = ("index", "classification", "python", "mlm", "clm", "scale", "offline-logits", "on-policy", "losses",
+PAGES = ("index", "classification", "python", "mlm", "clm", "scale", "offline-logits", "served", "on-policy", "losses",
          "reference-flags", "checkpoints", "bad-input", "benchmarks")
 
 
