@@ -1,6 +1,17 @@
 """The cache pass of scripts/cache_teacher.py: the teacher run once over a dataset, its outputs
 written as the shards that `--teacher_logits` reads (distillation/offline_logits.py says what
-they hold and how training reads them)."""
+they hold and how training reads them).
+
+The teacher is a local model (--teacher_name) or a served one (--teacher_url, clm, the topk
+method only: the server returns its top-k log-probabilities, not the whole distribution that
+sampled draws or full logits need). A served pass asks through the served training teacher
+(teachers/served.py: its identity checks, request and targets), a request of up to --batch_size
+sequences at a time, SERVED_IN_FLIGHT requests in flight, so it runs at the server's speed; its
+values are what a --teacher_url run trains on (at T != 1 the k + 1 buckets of
+served.tempered_buckets). A served model has no config to keep: teacher_config/ holds a
+stand-in (served_config_json) with the two things a clm run reads from it, the served
+vocabulary and the server's longest sequence.
+"""
 
 import json
 import os
@@ -9,9 +20,10 @@ import shutil
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import AutoConfig
 
 from distillation.distributed import barrier
-from distillation.errors import InputError
+from distillation.errors import InputError, TeacherUnavailable, TrainingStopped
 from distillation.data.identity import example_digests
 from distillation.models import autocast_dtype, check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import build_objective
@@ -21,15 +33,32 @@ from distillation.offline_logits import (
     sparse_targets,
 )
 from distillation.teachers import LocalTeacher
+from distillation.teachers.served import served_teacher
+from distillation.teachers.served_client import ServedModel, ServerError
+
+SERVED_IN_FLIGHT = 4  # requests a served pass keeps open (teachers/served.py's pool has 4 workers)
 
 
 def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_size: int, force: bool) -> dict:
     """Run cfg's teacher over cfg.data_file and write the cache to cfg.dump_path; returns the
     manifest. Shards already complete under the same manifest are kept (resume)."""
     tokenizer = load_tokenizer(cfg)
-    teacher_config, _ = load_configs(cfg)
-    cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
-    objective = build_objective(cfg, tokenizer, teacher_config)
+    served = None
+    if cfg.teacher_url:
+        if method != "topk":  # cache_teacher.py refuses it first
+            raise InputError(f"--method {method}: a served teacher (--teacher_url) gives its top-k only")
+        vocab_size, max_len = _served_limits(cfg)
+        teacher_config = _config_of(served_config_json(vocab_size, max_len, "")) if max_len else None  # for the limit
+        cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
+        cfg.teacher_top_k = k  # the top-k asked, and the identity's probe digest taken at it
+        objective = build_objective(cfg, tokenizer)
+        served = served_teacher(cfg, objective, tokenizer, env)  # exit 2 where the server's tokenizer is not the run's
+        config_json = served_config_json(served.client.vocab_size, max_len or cfg.max_seq_length, served.identity)
+        teacher_config = _config_of(config_json)
+    else:
+        teacher_config, _ = load_configs(cfg)
+        cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
+        objective = build_objective(cfg, tokenizer, teacher_config)
     dataset = objective.load_dataset(cfg.data_file, "--data_file")
     full = method == "full"
     dtypes = {"ids": id_dtype(teacher_config.vocab_size), "values": np.float32 if full else np.float16, "tail": np.float16,
@@ -41,6 +70,8 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
                 "dtypes": {n: np.dtype(dtypes[n]).name for n in arrays}, "shard_size": shard_size,
                 "shards": -(-len(dataset) // shard_size), "seed": cfg.seed,
                 "precision": cfg.precision, "teacher_dtype": cfg.teacher_dtype}
+    if served is not None:  # the served model's name, vocabulary and probe digest: what a resume and a run compare
+        manifest.update(teacher=served.identity, source="served", seed=None, precision=None, teacher_dtype=None)
     width = {"values": teacher_config.num_labels} if full else {"ids": k + (head or 0), "values": k if head is None else head}
     manifest["bytes_per_row"] = sum(np.dtype(dtypes[n]).itemsize * width.get(n, 1) for n in arrays)
     digests = example_digests(dataset)
@@ -55,15 +86,20 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         check_examples(cfg.dump_path, digests, "--dump_path", "add --force to replace the cache")
     elif os.path.exists(cfg.dump_path) and os.listdir(cfg.dump_path) and not force:
         raise InputError(f"--dump_path: '{cfg.dump_path}' exists and holds no cache; add --force to replace it")
-    model = load_teacher(cfg, objective, teacher_config)
-    check_pair(model, None, tokenizer)
-    teacher = LocalTeacher(model, objective, env.device, 0, 0, cache_train=False)
+    if served is None:
+        model = load_teacher(cfg, objective, teacher_config)
+        check_pair(model, None, tokenizer)
+        teacher = LocalTeacher(model, objective, env.device, 0, 0, cache_train=False)
     barrier(env)  # every rank has read what is there before rank 0 writes
     if env.is_main and not resume:
         if force and os.path.isdir(cfg.dump_path):
             shutil.rmtree(cfg.dump_path)
         os.makedirs(cfg.dump_path, exist_ok=True)
-        teacher_config.save_pretrained(os.path.join(cfg.dump_path, TEACHER_CONFIG))  # labels, vocabulary, positions
+        if served is None:
+            teacher_config.save_pretrained(os.path.join(cfg.dump_path, TEACHER_CONFIG))  # labels, vocabulary, positions
+        else:
+            os.makedirs(os.path.join(cfg.dump_path, TEACHER_CONFIG))
+            _replace(os.path.join(cfg.dump_path, TEACHER_CONFIG, "config.json"), lambda f: f.write(config_json.encode()))
         if digests is not None:
             _replace(os.path.join(cfg.dump_path, EXAMPLES), lambda f: np.save(f, digests))
         # Written once, last: a folder with a manifest holds a complete header.
@@ -73,24 +109,87 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
     amp = autocast_dtype(cfg.precision)
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
                disable=not env.is_main)
-    for shard in mine:
-        generator = torch.Generator(env.device).manual_seed(cfg.seed * 100_003 + shard)  # resumable, rank-independent
-        indices = list(range(shard * shard_size, min((shard + 1) * shard_size, len(dataset))))
-        parts, counts = {}, []
-        for start in range(0, len(indices), batch_size):
-            batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
-            batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
-            with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
-                logits, _ = teacher.outputs(batch)
-            entries, rows = batch_entries(objective, logits, batch, method, k, head, cfg.temperature, generator)
-            for name, tensor in entries.items():
-                parts.setdefault(name, []).append(tensor)
-            counts += rows
-            bar.update(len(rows))
-        write_shard(cfg.dump_path, shard, parts, counts, dtypes)
+    if served is not None:
+        _served_shards(served, objective, dataset, mine, shard_size, batch_size, cfg.dump_path, dtypes, env, bar)
+    else:
+        for shard in mine:
+            generator = torch.Generator(env.device).manual_seed(cfg.seed * 100_003 + shard)  # resumable, rank-independent
+            indices = list(range(shard * shard_size, min((shard + 1) * shard_size, len(dataset))))
+            parts, counts = {}, []
+            for start in range(0, len(indices), batch_size):
+                batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
+                batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
+                with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
+                    logits, _ = teacher.outputs(batch)
+                entries, rows = batch_entries(objective, logits, batch, method, k, head, cfg.temperature, generator)
+                for name, tensor in entries.items():
+                    parts.setdefault(name, []).append(tensor)
+                counts += rows
+                bar.update(len(rows))
+            write_shard(cfg.dump_path, shard, parts, counts, dtypes)
     bar.close()
     barrier(env)
     return manifest
+
+
+def _served_limits(cfg) -> tuple:
+    """(vocabulary size, longest sequence or None) of the --teacher_url model; exit 2 when its
+    server does not answer."""
+    try:
+        client = ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
+        return client.vocab_size, client.max_model_len
+    except ServerError as err:
+        raise InputError(f"--teacher_url: {err}") from None
+
+
+def served_config_json(vocab_size: int, max_positions: int, identity: str) -> str:
+    """teacher_config/config.json of a served teacher, whose config is on the server's machine: a
+    stand-in that says only what a clm run reads from it (AutoConfig needs a model_type; the
+    other fields of a "llama" config are its defaults and describe nothing)."""
+    return json.dumps({"model_type": "llama", "vocab_size": vocab_size, "max_position_embeddings": max_positions,
+                       "served_teacher": identity,
+                       "note": "a served teacher's stand-in config: only vocab_size and max_position_embeddings (the "
+                               "server's longest sequence) are the served model's"}, indent=2)
+
+
+def _config_of(text: str):
+    return AutoConfig.for_model(**json.loads(text))
+
+
+def _served_shards(teacher, objective, dataset, shards: list, shard_size: int, batch_size: int, folder: str, dtypes: dict,
+                   env, bar) -> None:
+    """Write `shards` from the served teacher: one request per batch of --batch_size examples,
+    the next SERVED_IN_FLIGHT - 1 asked while this one's answer is awaited (teacher.prepare), a
+    shard written once its last batch is in. A server that fails past its retries stops the pass
+    (exit 1) with the shards written so far kept: rerunning the command finishes the cache."""
+    work = [(shard, list(range(start, min(start + batch_size, (shard + 1) * shard_size, len(dataset)))))
+            for shard in shards for start in range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)), batch_size)]
+    made = {}
+
+    def batch_at(i):
+        if i not in made:
+            batch = objective.collate([dataset[j] for j in work[i][1]])
+            made[i] = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
+        return made[i]
+
+    parts, counts = {}, []
+    for i, (shard, indices) in enumerate(work):
+        batch = batch_at(i)
+        try:
+            teacher.prepare([batch], [batch_at(j) for j in range(i + 1, min(i + SERVED_IN_FLIGHT, len(work)))])
+            targets, _ = teacher.outputs(batch)
+        except TeacherUnavailable as err:
+            raise TrainingStopped(f"--teacher_url: {err}; the complete shards are kept: rerun the same command to finish "
+                                  "the cache") from None
+        del made[i]
+        positions, _ = objective.token_rows(batch)
+        for name, tensor in (("ids", targets.ids), ("values", targets.values), ("tail", targets.tail)):
+            parts.setdefault(name, []).append(tensor)
+        counts += torch.bincount(positions // batch["input_ids"].shape[1], minlength=len(indices)).tolist()
+        bar.update(len(indices))
+        if i + 1 == len(work) or work[i + 1][0] != shard:
+            write_shard(folder, shard, parts, counts, dtypes)
+            parts, counts = {}, []
 
 
 def _replace(path: str, write) -> None:
