@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from distillation.distributed import item_seed
 from distillation.errors import InputError
 from distillation.generation import _drop_cut_line, part_name, written
-from distillation.teachers.served import probe_texts
+from distillation.teachers.served import check_tokenizer
 from distillation.teachers.served_client import ServedModel, ServerError
 
 
@@ -54,19 +54,10 @@ def connect(url: str, served_model: Optional[str], tokenizer, timeout: float, re
     probes with the chat template's specials, and ~100 of our tokens spread over the vocabulary,
     which tells a reordered vocabulary apart; no fewer tokens): (client, the ids it may draw, or
     None when its vocabulary is ours). InputError (exit 2) naming the URL or what differs otherwise."""
-    spread = tokenizer.decode(list(range(0, len(tokenizer), max(1, len(tokenizer) // 97))), skip_special_tokens=False)
     try:
         client = ServedModel(url, served_model, timeout=timeout, retries=retries)
-        for text in [*probe_texts(tokenizer), spread]:
-            ours, theirs = tokenizer(text, add_special_tokens=False)["input_ids"], client.tokenize(text)
-            if ours != theirs:
-                at = next((n for n, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-                raise InputError(f"--model_url: the served model {client.model!r} tokenises {text[:60]!r} otherwise than --tokenizer_name "
-                                 f"(from token {at}: {theirs[at:at + 6]} vs {ours[at:at + 6]}): give the served model's tokenizer")
+        check_tokenizer(client, tokenizer, "--model_url", "--tokenizer_name")
         vocab = client.vocab_size
-        if vocab < len(tokenizer):
-            raise InputError(f"--model_url: the served model {client.model!r} has {vocab} tokens, --tokenizer_name {len(tokenizer)}: "
-                             "give the served model's tokenizer")
         client.max_model_len  # noqa: B018 - lists the models now, while a failure is still exit 2
     except ServerError as err:
         raise InputError(f"--model_url: {str(err).replace('--teacher_url', '--model_url').replace(' --max-logprobs <K>', '')}") from None

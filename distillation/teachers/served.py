@@ -55,12 +55,29 @@ def tempered_buckets(logp: torch.Tensor, temperature: float) -> tuple:
 
 
 def probe_texts(tokenizer) -> List[str]:
-    """PROBES and the chat template's rendering of a short exchange (its special tokens), if any."""
+    """PROBES, the chat template's rendering of a short exchange (its special tokens) if it has
+    one, and ~100 of its tokens spread over its vocabulary (what tells a vocabulary in another
+    order apart, where the probe strings are all unknown words)."""
     texts = list(PROBES)
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    texts.append(tokenizer.decode(list(range(0, len(tokenizer), max(1, len(tokenizer) // 97))), skip_special_tokens=False))
     return texts
+
+
+def check_tokenizer(client: ServedModel, tokenizer, flag: str, ours_name: str) -> None:
+    """InputError (`flag`: ...) unless the served model tokenises the probe texts as `tokenizer`
+    (`ours_name` in the message) does and its vocabulary covers it. ServerError passes through."""
+    for text in probe_texts(tokenizer):
+        ours, theirs = tokenizer(text, add_special_tokens=False)["input_ids"], client.tokenize(text)
+        if ours != theirs:
+            at = next((n for n, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            raise InputError(f"{flag}: the served model {client.model!r} tokenises {text[:60]!r} otherwise than {ours_name} (from "
+                             f"token {at}: {theirs[at:at + 6]} vs {ours[at:at + 6]}): give the served model's tokenizer")
+    if client.vocab_size < len(tokenizer):
+        raise InputError(f"{flag}: the served model {client.model!r} has {client.vocab_size} tokens, {ours_name} {len(tokenizer)}: "
+                         "give the served model's tokenizer")
 
 
 def served_teacher(cfg, objective, tokenizer, env) -> "ServedTeacher":
@@ -68,14 +85,7 @@ def served_teacher(cfg, objective, tokenizer, env) -> "ServedTeacher":
     (exit 2, nothing written) otherwise."""
     try:
         client = ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
-        for text in probe_texts(tokenizer):
-            ours, theirs = tokenizer(text, add_special_tokens=False)["input_ids"], client.tokenize(text)
-            if ours != theirs:
-                raise InputError(f"--teacher_url: the served model {client.model!r} tokenises {text!r} as {theirs[:12]}, the run's "
-                                 f"tokenizer as {ours[:12]}: teacher and student must share a tokenizer (--tokenizer_name)")
-        if client.vocab_size < objective.columns:
-            raise InputError(f"--teacher_url: the served model {client.model!r} has {client.vocab_size} tokens, the run's tokenizer "
-                             f"{objective.columns}: teacher and student must share a tokenizer (--tokenizer_name)")
+        check_tokenizer(client, tokenizer, "--teacher_url", "the run's tokenizer (--tokenizer_name, else the student's)")
         if client.max_model_len is not None and cfg.max_seq_length > client.max_model_len:
             raise InputError(f"--max_seq_length {cfg.max_seq_length}: the served model takes at most {client.max_model_len} tokens "
                              "(the server's --max-model-len)")
