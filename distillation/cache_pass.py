@@ -33,8 +33,8 @@ from distillation.offline_logits import (
     sparse_targets,
 )
 from distillation.teachers import LocalTeacher
-from distillation.teachers.served import served_teacher
-from distillation.teachers.served_client import ServedModel, ServerError
+from distillation.teachers.served import served_client, served_teacher
+from distillation.teachers.served_client import ServerError
 
 SERVED_IN_FLIGHT = 4  # requests a served pass keeps open (teachers/served.py's pool has 4 workers)
 
@@ -47,12 +47,12 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
     if cfg.teacher_url:
         if method != "topk":  # cache_teacher.py refuses it first
             raise InputError(f"--method {method}: a served teacher (--teacher_url) gives its top-k only")
-        vocab_size, max_len = _served_limits(cfg)
-        teacher_config = _config_of(served_config_json(vocab_size, max_len, "")) if max_len else None  # for the limit
+        client, max_len = _served_limits(cfg)
+        teacher_config = _config_of(served_config_json(client.vocab_size, max_len, "")) if max_len else None  # for the limit
         cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
         cfg.teacher_top_k = k  # the top-k asked, and the identity's probe digest taken at it
         objective = build_objective(cfg, tokenizer)
-        served = served_teacher(cfg, objective, tokenizer, env)  # exit 2 where the server's tokenizer is not the run's
+        served = served_teacher(cfg, objective, tokenizer, env, client)  # exit 2 where the server's tokenizer is not the run's
         config_json = served_config_json(served.client.vocab_size, max_len or cfg.max_seq_length, served.identity)
         teacher_config = _config_of(config_json)
     else:
@@ -133,11 +133,12 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
 
 
 def _served_limits(cfg) -> tuple:
-    """(vocabulary size, longest sequence or None) of the --teacher_url model; exit 2 when its
-    server does not answer."""
+    """(the --teacher_url client, its vocabulary size learnt, the model's longest sequence or
+    None); exit 2 when its server does not answer."""
     try:
-        client = ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
-        return client.vocab_size, client.max_model_len
+        client = served_client(cfg)
+        client.vocab_size  # noqa: B018 - asked now, while a failure is still exit 2
+        return client, client.max_model_len
     except ServerError as err:
         raise InputError(f"--teacher_url: {err}") from None
 

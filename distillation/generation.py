@@ -108,13 +108,10 @@ def written(dump_file: str) -> Dict[Tuple[int, int], dict]:
 def generate_all(model, tokenizer, prompts: List[dict], dump_file: str, env, config: GenerationConfig, seed: int) -> int:
     """Answer this rank's prompts (every world_size-th) `config.num_return_sequences` times,
     appending rows to its part file; returns how many rows it wrote now."""
-    done = written(dump_file)
     num_responses, stop = config.num_return_sequences, config.eos_token_id
-    mine = [i for i in range(env.rank, len(prompts), env.world_size)
-            if any((i, r) not in done for r in range(num_responses))]
+    done, mine, part = pending(dump_file, len(prompts), num_responses, env)
     model.eval()
-    count, part = 0, part_name(dump_file, env.rank, env.world_size)
-    _drop_cut_line(part)
+    count = 0
     with open(part, "a") as out, torch.no_grad(), drawn_by(model, config):
         for i in tqdm(mine, desc="generate", unit="prompt", disable=not env.is_main):
             ids = torch.tensor([prompts[i]["ids"]], device=env.device)
@@ -123,15 +120,29 @@ def generate_all(model, tokenizer, prompts: List[dict], dump_file: str, env, con
             for r, sequence in enumerate(outputs):
                 if (i, r) in done:
                     continue
-                response = sequence[ids.shape[1]:]
-                answer, ended = ends(response.tolist(), stop)
-                row = {"instruction": prompts[i]["instruction"], "input": prompts[i]["input"],
-                       "output": tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True),
-                       "prompt_index": i, "response_index": r, "ended_with_eos": ended}
-                out.write(json.dumps(row) + "\n")
+                answer, ended = ends(sequence[ids.shape[1]:].tolist(), stop)
+                out.write(json.dumps(response_row(prompts[i], i, r, answer, ended, tokenizer)) + "\n")
                 out.flush()
                 count += 1
     return count
+
+
+def pending(dump_file: str, n_prompts: int, num_responses: int, env) -> tuple:
+    """(the rows already written, this rank's prompts (every world_size-th) with a response still
+    to write, its part file, ready to append to)."""
+    done = written(dump_file)
+    mine = [i for i in range(env.rank, n_prompts, env.world_size) if any((i, r) not in done for r in range(num_responses))]
+    part = part_name(dump_file, env.rank, env.world_size)
+    _drop_cut_line(part)
+    return done, mine, part
+
+
+def response_row(prompt: dict, i: int, r: int, answer: List[int], ended: bool, tokenizer) -> dict:
+    """The row of response r to prompt i: `answer` (through its stop id when it `ended`) decoded
+    without the stop id, and whether it ended (false: cut at --max_new_tokens)."""
+    return {"instruction": prompt["instruction"], "input": prompt["input"],
+            "output": tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True),
+            "prompt_index": i, "response_index": r, "ended_with_eos": ended}
 
 
 def _drop_cut_line(path: str) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from distillation.distributed import item_seed
 from distillation.errors import InputError
-from distillation.generation import _drop_cut_line, part_name, written
+from distillation.generation import pending, response_row
 from distillation.teachers.served import check_tokenizer
 from distillation.teachers.served_client import ServedModel, ServerError
 
@@ -92,9 +92,7 @@ def answer_row(client: ServedModel, tokenizer, prompt: dict, i: int, r: int, ids
         raise ServerError(f"{where}: finish_reason {finish!r} (neither 'stop' nor 'length')")
     if any(t in stop for t in (answer[:-1] if ended else answer)):
         raise ServerError(f"{where}: a stop id inside the answer (the server did not stop on stop_token_ids)")
-    return {"instruction": prompt["instruction"], "input": prompt["input"],
-            "output": tokenizer.decode(answer[:-1] if ended else answer, skip_special_tokens=True),
-            "prompt_index": i, "response_index": r, "ended_with_eos": ended}
+    return response_row(prompt, i, r, answer, ended, tokenizer)
 
 
 def generate_all_served(client: ServedModel, tokenizer, prompts: List[dict], dump_file: str, env, fields: dict, num_responses: int,
@@ -103,12 +101,9 @@ def generate_all_served(client: ServedModel, tokenizer, prompts: List[dict], dum
     `num_responses` times, `in_flight` requests at once, rows appended to its part file; returns
     how many rows it wrote now. ServerError once the server fails past its retries (the rows
     written stay: a rerun finishes them)."""
-    done = written(dump_file)
     stop = fields["stop_token_ids"]
-    mine = [i for i in range(env.rank, len(prompts), env.world_size)
-            if any((i, r) not in done for r in range(num_responses))]
-    count, part = 0, part_name(dump_file, env.rank, env.world_size)
-    _drop_cut_line(part)
+    done, mine, part = pending(dump_file, len(prompts), num_responses, env)
+    count = 0
     queue = deque()
     with open(part, "a") as out, ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="generate") as pool, \
             tqdm(total=len(mine), desc="generate", unit="prompt", disable=not env.is_main) as bar:

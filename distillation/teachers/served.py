@@ -80,11 +80,16 @@ def check_tokenizer(client: ServedModel, tokenizer, flag: str, ours_name: str) -
                          "give the served model's tokenizer")
 
 
-def served_teacher(cfg, objective, tokenizer, env) -> "ServedTeacher":
-    """The --teacher_url teacher, once its server answers and its tokenizer is the run's; InputError
-    (exit 2, nothing written) otherwise."""
+def served_client(cfg) -> ServedModel:
+    """The client of the --teacher_url server, by the run's --teacher_* options."""
+    return ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
+
+
+def served_teacher(cfg, objective, tokenizer, env, client: Optional[ServedModel] = None) -> "ServedTeacher":
+    """The --teacher_url teacher (through `client`, if one was made already), once its server
+    answers and its tokenizer is the run's; InputError (exit 2, nothing written) otherwise."""
     try:
-        client = ServedModel(cfg.teacher_url, cfg.teacher_served_model, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries)
+        client = client or served_client(cfg)
         check_tokenizer(client, tokenizer, "--teacher_url", "the run's tokenizer (--tokenizer_name, else the student's)")
         if client.max_model_len is not None and cfg.max_seq_length > client.max_model_len:
             raise InputError(f"--max_seq_length {cfg.max_seq_length}: the served model takes at most {client.max_model_len} tokens "
