@@ -61,13 +61,19 @@ def test_offline_benchmark_reports_online_and_cached_runs_and_keeps_them(tmp_pat
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    seconds = results.pop("seconds")
+    seconds, steps = results.pop("seconds"), results.pop("steps")
     assert set(results) == {"online-task0-seed3", "cache-task0-seed3"} and all(v > 1 for v in results.values())
     assert set(seconds) == {"online-task0-seed3", "cache-pass-seed3", "cache-task0-seed3"} and all(v > 0 for v in seconds.values())
-    assert f"seed 3, wall time: cache pass {seconds['cache-pass-seed3']:.0f} s; online-task0-seed3" in proc.stdout
+    assert set(steps) == {"online-task0-seed3", "cache-task0-seed3"} and all(s["teacher_wait_s"] is None for s in steps.values())
+    assert f"cache pass seed 3 {seconds['cache-pass-seed3']:.0f} s" in proc.stdout
+    assert f"online: {steps['online-task0-seed3']['step_s']:.2f} s a step (mean of 1 runs)" in proc.stdout
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| KD only"))
     assert f"{results['online-task0-seed3']:.1f}" in row and f"{results['cache-task0-seed3']:.1f}" in row
     assert json.loads((tmp_path / "teacher-cache-seed3" / "manifest.json").read_text())["seed"] == 3
     os.remove(tmp_path / "online-task0-seed3" / "summary.json")  # finished runs are not run again
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 0 and row in again.stdout
+    for kinds, message in ((["served20"], "--kinds served20: give the teacher's server with --teacher_url"),
+                           (["online", "served"], "--kinds: 'served' is none of online, cache, served<K>")):
+        bad = subprocess.run([*cmd, "--kinds", *kinds], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr

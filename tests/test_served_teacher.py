@@ -190,11 +190,13 @@ def test_a_run_from_the_served_teacher_is_a_run_from_its_top_k_cache_at_one_and_
 
 class _Outage:
     """An HTTP proxy in front of the session's server that answers 503 to every request once
-    `budget` target requests (prompt_logprobs of K) have gone through, until `restore()`: the
-    teacher's server down mid-run, then up again."""
+    `budget` distinct target requests (prompt_logprobs of K) have come, until `restore()`: the
+    teacher's server down mid-run, then up again. A client's retry resends the same body, so a
+    passing hiccup does not spend the budget. `seen` records (kind, answer) for messages."""
 
     def __init__(self, upstream, budget):
-        self.budget, outage = budget, self
+        self.budget, self.allowed, self.seen, outage = budget, set(), [], self
+        lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -202,9 +204,13 @@ class _Outage:
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-                if body and b'"prompt_logprobs": %d' % K in body:
-                    outage.budget -= 1
-                if outage.budget < 0:
+                target = bool(body) and b'"prompt_logprobs": %d' % K in body
+                with lock:
+                    if target and body not in outage.allowed and len(outage.allowed) < outage.budget:
+                        outage.allowed.add(body)
+                    down = target and body not in outage.allowed
+                if down:
+                    outage.seen.append(("target", 503))
                     self.send_error(503, "down")
                     return
                 request = urllib.request.Request(upstream + self.path, data=body, headers={"Content-Type": "application/json"})
@@ -213,6 +219,10 @@ class _Outage:
                         code, payload = answer.status, answer.read()
                 except urllib.error.HTTPError as err:
                     code, payload = err.code, err.read()
+                except Exception as err:  # noqa: BLE001 - recorded for the test's message, then the connection drops
+                    outage.seen.append(("target" if target else self.path, repr(err)))
+                    raise
+                outage.seen.append(("target" if target else self.path, code))
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -240,7 +250,7 @@ def test_a_server_down_mid_run_stops_at_a_step_boundary_and_resume_ends_at_the_u
     broken = tmp_path / "broken"
     first = run_train([*map(str, common), "--teacher_url", outage.url, "--dump_path", str(broken)])
     assert first.returncode == 130 and "the teacher is unavailable" in first.stdout, (first.stdout[-2000:], first.stderr[-2000:])
-    assert "stopped before step 4" in first.stdout and not (broken / "final").exists()
+    assert "stopped before step 4" in first.stdout and not (broken / "final").exists(), (outage.seen, first.stdout[-2000:])
     outage.restore()
     second = run_train([*map(str, common), "--teacher_url", outage.url, "--dump_path", str(broken), "--resume"])
     assert second.returncode == 0, second.stderr[-3000:]

