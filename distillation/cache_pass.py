@@ -29,8 +29,8 @@ from distillation.models import autocast_dtype, check_pair, load_configs, load_t
 from distillation.objectives import build_objective
 from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import (
-    EXAMPLES, FORMAT, TEACHER_CONFIG, check_examples, id_dtype, read_manifest, run_identity, shard_done, shard_stem,
-    sparse_targets,
+    EXAMPLES, FORMAT, TEACHER_CONFIG, SparseTargets, check_examples, id_dtype, read_manifest, run_identity, shard_done,
+    shard_stem, sparse_targets,
 )
 from distillation.teachers import LocalTeacher
 from distillation.teachers.served import served_client, served_teacher
@@ -89,7 +89,7 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
     if served is None:
         model = load_teacher(cfg, objective, teacher_config)
         check_pair(model, None, tokenizer)
-        teacher = LocalTeacher(model, objective, env.device, 0, 0, cache_train=False)
+    teacher = served or LocalTeacher(model, objective, env.device, 0, 0, cache_train=False)
     barrier(env)  # every rank has read what is there before rank 0 writes
     if env.is_main and not resume:
         if force and os.path.isdir(cfg.dump_path):
@@ -106,27 +106,9 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         _replace(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     barrier(env)
     mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
-    amp = autocast_dtype(cfg.precision)
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
                disable=not env.is_main)
-    if served is not None:
-        _served_shards(served, objective, dataset, mine, shard_size, batch_size, cfg.dump_path, dtypes, env, bar)
-    else:
-        for shard in mine:
-            generator = torch.Generator(env.device).manual_seed(cfg.seed * 100_003 + shard)  # resumable, rank-independent
-            indices = list(range(shard * shard_size, min((shard + 1) * shard_size, len(dataset))))
-            parts, counts = {}, []
-            for start in range(0, len(indices), batch_size):
-                batch = objective.collate([dataset[i] for i in indices[start : start + batch_size]])
-                batch = objective.prepare_batch({key: v.to(env.device) for key, v in batch.items()})
-                with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
-                    logits, _ = teacher.outputs(batch)
-                entries, rows = batch_entries(objective, logits, batch, method, k, head, cfg.temperature, generator)
-                for name, tensor in entries.items():
-                    parts.setdefault(name, []).append(tensor)
-                counts += rows
-                bar.update(len(rows))
-            write_shard(cfg.dump_path, shard, parts, counts, dtypes)
+    write_shards(teacher, objective, dataset, mine, shard_size, batch_size, cfg, dtypes, env, bar, (method, k, head))
     bar.close()
     barrier(env)
     return manifest
@@ -157,15 +139,16 @@ def _config_of(text: str):
     return AutoConfig.for_model(**json.loads(text))
 
 
-def _served_shards(teacher, objective, dataset, shards: list, shard_size: int, batch_size: int, folder: str, dtypes: dict,
-                   env, bar) -> None:
-    """Write `shards` from the served teacher: one request per batch of --batch_size examples,
-    the next SERVED_IN_FLIGHT - 1 asked while this one's answer is awaited (teacher.prepare), a
-    shard written once its last batch is in. A server that fails past its retries stops the pass
-    (exit 1) with the shards written so far kept: rerunning the command finishes the cache."""
+def write_shards(teacher, objective, dataset, shards: list, shard_size: int, batch_size: int, cfg, dtypes: dict, env, bar,
+                 sparse: tuple) -> None:
+    """Write `shards` from `teacher` (teachers/: local or served), a batch of --batch_size examples
+    at a time, the next SERVED_IN_FLIGHT - 1 announced to it (teacher.prepare: a served teacher
+    asks for them while this one's answer is awaited), each shard written once its last batch is
+    in. A served teacher that fails past its retries stops the pass (exit 1) with the shards
+    written so far kept: rerunning the command finishes the cache."""
     work = [(shard, list(range(start, min(start + batch_size, (shard + 1) * shard_size, len(dataset)))))
             for shard in shards for start in range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)), batch_size)]
-    made = {}
+    made, amp = {}, autocast_dtype(cfg.precision)
 
     def batch_at(i):
         if i not in made:
@@ -175,21 +158,24 @@ def _served_shards(teacher, objective, dataset, shards: list, shard_size: int, b
 
     parts, counts = {}, []
     for i, (shard, indices) in enumerate(work):
+        if not counts:  # a shard's first batch: its draws are seeded by the shard (resumable, rank-independent)
+            generator = torch.Generator(env.device).manual_seed(cfg.seed * 100_003 + shard)
         batch = batch_at(i)
         try:
             teacher.prepare([batch], [batch_at(j) for j in range(i + 1, min(i + SERVED_IN_FLIGHT, len(work)))])
-            targets, _ = teacher.outputs(batch)
+            with torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
+                outputs, _ = teacher.outputs(batch)
         except TeacherUnavailable as err:
             raise TrainingStopped(f"--teacher_url: {err}; the complete shards are kept: rerun the same command to finish "
                                   "the cache") from None
         del made[i]
-        positions, _ = objective.token_rows(batch)
-        for name, tensor in (("ids", targets.ids), ("values", targets.values), ("tail", targets.tail)):
+        entries, rows = batch_entries(objective, outputs, batch, *sparse, cfg.temperature, generator)
+        for name, tensor in entries.items():
             parts.setdefault(name, []).append(tensor)
-        counts += torch.bincount(positions // batch["input_ids"].shape[1], minlength=len(indices)).tolist()
+        counts += rows
         bar.update(len(indices))
         if i + 1 == len(work) or work[i + 1][0] != shard:
-            write_shard(folder, shard, parts, counts, dtypes)
+            write_shard(cfg.dump_path, shard, parts, counts, dtypes)
             parts, counts = {}, []
 
 
@@ -211,13 +197,17 @@ def write_shard(folder: str, shard: int, parts: dict, counts: list, dtypes: dict
         os.replace(f"{stem}.{name}.tmp.npy", f"{stem}.{name}.npy")
 
 
-def batch_entries(objective, logits: torch.Tensor, batch, method: str, k: int, head, temperature: float, generator):
-    """({array name: [rows, ...] tensor}, rows of each example) of one batch of teacher logits:
-    classification keeps each example's logits ("full"), clm its target positions' SparseTargets."""
+def batch_entries(objective, outputs, batch, method: str, k: int, head, temperature: float, generator):
+    """({array name: [rows, ...] tensor}, rows of each example) of one batch of teacher outputs:
+    classification keeps each example's logits ("full"); clm its target positions' SparseTargets,
+    drawn from the logits, or as a served teacher gave them (already at `temperature`)."""
     if method == "full":
-        return {"values": logits.float()}, [1] * len(logits)
+        return {"values": outputs.float()}, [1] * len(outputs)
     positions, _ = objective.token_rows(batch)
-    t = sparse_targets(gather_rows(logits, positions, objective.columns), method, k, temperature, generator, head or 0)
+    if isinstance(outputs, SparseTargets):
+        t = outputs
+    else:
+        t = sparse_targets(gather_rows(outputs, positions, objective.columns), method, k, temperature, generator, head or 0)
     entries = {"ids": t.ids, "values": t.values, "tail": t.tail, "entropy": t.entropy}
     entries = {name: tensor for name, tensor in entries.items() if tensor is not None}
-    return entries, torch.bincount(positions // logits.shape[1], minlength=logits.shape[0]).tolist()
+    return entries, torch.bincount(positions // batch["input_ids"].shape[1], minlength=len(batch["input_ids"])).tolist()
