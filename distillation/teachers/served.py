@@ -18,8 +18,11 @@ Identity, before anything is written: the served model's tokenizer must be the r
 ids for probe strings, the chat template's special tokens among them), and the resume
 fingerprint holds the served model's name, its vocabulary and a digest of its top-k on a
 fixed probe (a URL is no identity: another model may answer there after a restart).
+Evaluation: the server's answers for each held-out batch stand for the teacher's logits
+(`ServedRows`): the teacher's loss, perplexity, accuracy and exact match are the local teacher's
+(vLLM returns the actual next token's log-probability beside the top k: its NLL is exact).
 Limits: clm; no hidden-state or logit-MSE losses, no on-policy steps or --eval_generate yet
-(they need a local model); evaluation reports the student only.
+(they need a local model).
 """
 
 import hashlib
@@ -28,9 +31,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from distillation.errors import InputError, TeacherUnavailable
+from distillation.objectives.lm import HeadRows
 from distillation.offline_logits import SparseTargets
 from distillation.teachers.served_client import ServedModel, ServerError
 
@@ -95,9 +100,10 @@ def served_teacher(cfg, objective, tokenizer, env, client: Optional[ServedModel]
             raise InputError(f"--max_seq_length {cfg.max_seq_length}: the served model takes at most {client.max_model_len} tokens "
                              "(the server's --max-model-len)")
         probe = tokenizer(PROBES[-1], add_special_tokens=False)["input_ids"]
-        (ids, values), = client.prompt_logprobs([probe], cfg.teacher_top_k)
+        answer, = client.prompt_logprobs([probe], cfg.teacher_top_k)
     except ServerError as err:
         raise InputError(f"--teacher_url: {err}") from None
+    ids, values = answer.ids, answer.logprobs
     if int(ids.max()) >= objective.columns:
         raise InputError(f"--teacher_url: the served model {client.model!r} proposes token id {int(ids.max())}, past the run's "
                          f"tokenizer ({objective.columns} tokens): another tokenizer")
@@ -107,9 +113,49 @@ def served_teacher(cfg, objective, tokenizer, env, client: Optional[ServedModel]
     return ServedTeacher(client, objective, cfg, env.device, identity)
 
 
+def _at(answers: list, batch, positions: torch.Tensor) -> tuple:
+    """The server's answers for `batch`'s rows at its flat `positions` (each predicting the next
+    token): (ids [N, K] int64, log-probabilities [N, K], the actual next token's [N]), on the CPU."""
+    starts = batch["attention_mask"].int().argmax(dim=1).tolist()  # where each row's tokens begin
+    width = batch["input_ids"].shape[1]
+    picks = []
+    for position in positions.cpu().tolist():
+        row, column = divmod(position, width)
+        picks.append((answers[row], column - starts[row]))  # entry j of a row predicts its token j + 1
+    return (torch.from_numpy(np.stack([a.ids[j] for a, j in picks])), torch.from_numpy(np.stack([a.logprobs[j] for a, j in picks])),
+            torch.from_numpy(np.stack([a.actual[j] for a, j in picks])))
+
+
+class ServedRows(HeadRows):
+    """A batch's server answers standing for the teacher's logits at evaluation, a chunk of rows at
+    a time (objectives/lm.token_stats reads only each row's NLL of its target and its argmax).
+    Each row is a distribution over the tokenizer's tokens: the top k and the actual next token
+    at the server's log-probabilities, what they leave spread evenly over the other tokens. Its
+    NLL of the target is the server's, exactly; its argmax the server's top 1 (an even share of
+    the rest is at most the k-th's: every token outside the top k has at most its mass)."""
+
+    def __init__(self, answers: list, batch, device, check, rows: int = 256):
+        self.answers, self.batch, self.device, self.check, self.rows = answers, batch, device, check, rows
+
+    def chunks(self, positions: torch.Tensor, columns: int):
+        """Yields (slice of `positions`, [n, columns] log-probabilities of those positions)."""
+        flat = self.batch["input_ids"].reshape(-1)
+        for start in range(0, len(positions), self.rows):
+            part = slice(start, start + self.rows)
+            ids, top, actual = _at(self.answers, self.batch, positions[part])
+            self.check(ids)
+            target = flat[positions[part] + 1].cpu()
+            outside = (ids != target[:, None]).all(-1)  # vLLM's k + 1st entry: the target, outside the top k
+            listed = top.double().exp().sum(-1) + torch.where(outside, actual.double().exp(), 0.0)
+            others = (columns - ids.shape[1] - outside.long()).clamp(min=1)
+            dense = torch.log(torch.clamp(1 - listed, min=1e-30) / others).unsqueeze(-1).repeat(1, columns)
+            dense.scatter_(1, ids, top.double()).scatter_(1, target[:, None], actual.double()[:, None])
+            yield part, dense.float().to(self.device)
+
+
 class ServedTeacher:
-    """SparseTargets (top-k and the rest) of training batches from the server; nothing for
-    evaluation (it reports the student only). `prepare` sends a step's requests (and, with
+    """SparseTargets (top-k and the rest) of training batches from the server; at evaluation
+    ServedRows, which evaluation scores as the teacher's logits. `prepare` sends a step's requests (and, with
     --teacher_prefetch, the next step's) before the student computes: the student waits only for
     what the server has not answered by then, and a server that fails does so before the step
     starts, so the run can stop at a step boundary."""
@@ -122,8 +168,8 @@ class ServedTeacher:
         self.client, self.objective, self.device, self.identity = client, objective, device, identity
         self.k, self.temperature, self.prefetch = cfg.teacher_top_k, cfg.temperature, cfg.teacher_prefetch
         self.description = (f"served at {client.url} ({client.model!r}): its top {self.k} and the rest's mass a position, "
-                            f"asked for each micro-batch{', the next step ahead' if self.prefetch else ''}; evaluation reports "
-                            "the student only")
+                            f"asked for each micro-batch{', the next step ahead' if self.prefetch else ''}; evaluation scores "
+                            "the teacher from them too")
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="teacher")
         self.pending = {}  # micro-batch key -> Future of the server's answers for its rows
         self.waited, self.requests = 0.0, 0
@@ -132,11 +178,14 @@ class ServedTeacher:
     def _key(batch) -> tuple:
         return tuple(batch["index"].tolist())  # a micro-batch's examples: unique within an epoch
 
+    @staticmethod
+    def _sequences(batch) -> list:
+        """Each row's tokens, without its padding."""
+        return [row[m].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"].bool())]
+
     def _ask(self, batch) -> None:
         if self._key(batch) not in self.pending:
-            mask = batch["attention_mask"].bool()
-            sequences = [row[m].tolist() for row, m in zip(batch["input_ids"], mask)]
-            self.pending[self._key(batch)] = self.pool.submit(self.client.prompt_logprobs, sequences, self.k)
+            self.pending[self._key(batch)] = self.pool.submit(self.client.prompt_logprobs, self._sequences(batch), self.k)
             self.requests += 1
 
     def prepare(self, group: list, upcoming: Optional[list]) -> None:
@@ -156,29 +205,25 @@ class ServedTeacher:
 
     def outputs(self, batch, with_hidden: bool = False, split: str = "train", logits: bool = True):
         """(SparseTargets of the batch's target rows, in token_rows' order; None) for training,
-        (None, None) for evaluation."""
-        if split != "train":
-            return None, None
-        self._ask(batch)  # asked by prepare in a run; here for a caller without one
+        (ServedRows of the batch; None) for evaluation."""
         try:
+            if split != "train":  # asked now, outside `pending`: a prefetched training batch may hold the same indices
+                return ServedRows(self.client.prompt_logprobs(self._sequences(batch), self.k), batch, self.device, self.check_ids), None
+            self._ask(batch)  # asked by prepare in a run; here for a caller without one
             answers = self.pending.pop(self._key(batch)).result()
         except ServerError as err:
             raise TeacherUnavailable(str(err)) from None
-        starts = batch["attention_mask"].int().argmax(dim=1).tolist()  # where each row's tokens begin
         positions, _ = self.objective.token_rows(batch)
-        width = batch["input_ids"].shape[1]
-        rows, columns = [], []
-        for position in positions.cpu().tolist():
-            row, column = divmod(position, width)
-            rows.append(row)
-            columns.append(column - starts[row])  # entry j of a row predicts its token j + 1
-        ids = torch.stack([torch.from_numpy(answers[r].ids[c]) for r, c in zip(rows, columns)])
-        values = torch.stack([torch.from_numpy(answers[r].logprobs[c]) for r, c in zip(rows, columns)]).float()
+        ids, values, _ = _at(answers, batch, positions)
+        self.check_ids(ids)
+        values, tail = tempered_buckets(values.float(), self.temperature)
+        return SparseTargets("topk", ids.to(self.device), values.to(self.device), tail=tail.to(self.device)), None
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """TeacherUnavailable if the server proposed an id in `ids` past the run's tokenizer."""
         if int(ids.max()) >= self.objective.columns:
             raise TeacherUnavailable(f"the server at {self.client.url} proposed token id {int(ids.max())}, past the run's "
                                      f"tokenizer ({self.objective.columns} tokens)")
-        values, tail = tempered_buckets(values, self.temperature)
-        return SparseTargets("topk", ids.to(self.device), values.to(self.device), tail=tail.to(self.device)), None
 
     def end_epoch(self, env) -> None:
         """Nothing to share: every rank asks for its own batches."""

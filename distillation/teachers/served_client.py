@@ -38,6 +38,7 @@ class TopK(NamedTuple):
     """One sequence's targets: row t predicts token t + 1 of the sequence from tokens ≤ t."""
     ids: np.ndarray       # [L - 1, K] int64, by log-probability descending
     logprobs: np.ndarray  # [L - 1, K] float32
+    actual: np.ndarray    # [L - 1] float32: the log-probability of token t + 1 itself (its NLL, in or out of the top K)
 
 
 class ServedModel:
@@ -169,8 +170,9 @@ class ServedModel:
     # --- targets ------------------------------------------------------------------------------
     def prompt_logprobs(self, sequences: Sequence[Sequence[int]], k: int) -> List[TopK]:
         """The teacher's top-k next-token log-probabilities at every position of every sequence
-        (one request for all of them), as TopK(ids [L-1, k] int64, logprobs [L-1, k] float32)
-        per sequence, rows by log-probability descending (ties by id)."""
+        (one request for all of them), as TopK(ids [L-1, k] int64, logprobs [L-1, k] float32,
+        actual [L-1] float32: each next token's own log-probability) per sequence, rows by
+        log-probability descending (ties by id)."""
         sequences = [[int(t) for t in seq] for seq in sequences]
         if not sequences:
             return []
@@ -204,20 +206,22 @@ class ServedModel:
             raise ServerError(f"{where}: prompt_logprobs for {got} positions, {len(seq)} expected (a short answer)")
         ids = np.empty((len(seq) - 1, k), dtype=np.int64)
         logprobs = np.empty((len(seq) - 1, k), dtype=np.float32)
+        actual = np.empty(len(seq) - 1, dtype=np.float32)
         for t in range(1, len(seq)):
             entry = entries[t]
             try:
                 # K + 1 entries when the actual token is outside the top K: sorting and keeping K
-                # drops it (the targets are the top K; its log-probability is the "rest"'s).
+                # drops it from the targets (its mass is the "rest"'s); `actual` keeps its value.
                 pairs = sorted(((float(v["logprob"]), int(tid)) for tid, v in entry.items()), key=lambda p: (-p[0], p[1]))
             except (AttributeError, KeyError, TypeError, ValueError):
                 raise ServerError(f"{where}, position {t}: malformed entry {str(entry)[:80]}") from None
-            if not (len(pairs) == k or (len(pairs) == k + 1 and str(seq[t]) in entry)) or not all(np.isfinite(p[0]) for p in pairs):
+            if len(pairs) not in (k, k + 1) or str(seq[t]) not in entry or not all(np.isfinite(p[0]) for p in pairs):
                 raise ServerError(f"{where}, position {t}: {len(pairs)} log-probabilities for a top {k} "
-                                  "(a short or malformed answer)")
+                                  f"{'and' if str(seq[t]) in entry else 'without'} the actual token (a short or malformed answer)")
             ids[t - 1] = [p[1] for p in pairs[:k]]
             logprobs[t - 1] = [p[0] for p in pairs[:k]]
-        return TopK(ids, logprobs)
+            actual[t - 1] = float(entry[str(seq[t])]["logprob"])
+        return TopK(ids, logprobs, actual)
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:
