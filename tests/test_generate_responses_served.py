@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from conftest import write_jsonl
-from lm_helpers import CAUSAL_VOCAB, call_script, single_thread  # noqa: F401 - a fixture
+from lm_helpers import CAUSAL_VOCAB, call_script, run_script, sentences, single_thread  # noqa: F401 - a fixture
+from vllm_server import build_student
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -106,3 +107,28 @@ def test_another_tokenizer_or_no_server_exits_2_and_writes_nothing(vllm_teacher,
     code, err = call_script(capsys, "generate_responses", *_served(vllm_teacher, prompts, dump), "--model", vllm_teacher.folder)
     assert code == 2 and err == ["error: give one of --model (a local model) and --model_url (a served one)"], err
     assert os.listdir(out) == []
+
+
+def test_the_generation_benchmark_times_both_writers_and_trains_a_student_on_each(vllm_teacher, tmp_path):
+    """Structure only (the numbers are measured on SmolLM2: docs/served.md): each writer answers
+    every prompt once, a student trains on each file, and a rerun reuses results.json."""
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(sentences(30, seed=5)) + "\n")
+    student = build_student(vllm_teacher.folder, str(tmp_path / "student"))
+    out = tmp_path / "bench"
+    args = ["--out", out, "--teacher_url", vllm_teacher.url, "--assets", vllm_teacher.folder, student, text, text, "--prompts", 6,
+            "--eval_lines", 5, "--max_new_tokens", 4, "--max_seq_length", 48, "--prompt_template", "{instruction} {input}", "--seeds", 3, "--epochs", 1, "--threads", 1]
+    proc = run_script("benchmark_generation.py", *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["answers"] == {"local": 6, "served": 6} and all(v > 0 for v in results["seconds"].values())
+    assert set(results["perplexity"]) == {"local-seed3", "served-seed3"} and all(v > 1 for v in results["perplexity"].values())
+    assert len(_rows(out / "heldout.jsonl")) == 5 and all(r["output"] for r in _rows(out / "heldout.jsonl"))
+    for writer, name in (("local", "local `generate`"), ("served", "vLLM server")):
+        row = next(line for line in proc.stdout.splitlines() if name in line)
+        assert f"{100 * results['seconds'][writer] / 6:.1f}" in row and f"{results['perplexity'][f'{writer}-seed3']:.2f}" in row
+    os.remove(out / "student-served-seed3" / "summary.json")  # finished steps are not run again
+    again = run_script("benchmark_generation.py", *args, timeout=600)
+    assert again.returncode == 0 and again.stdout == proc.stdout
+    no_server = run_script("benchmark_generation.py", *args[:2], *args[4:])
+    assert no_server.returncode == 2 and "--teacher_url: serve the teacher first" in no_server.stderr

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import TORCHRUN, final_weights, read_metrics, run_train, save_model, train_in_process
 from lm_helpers import CAUSAL_VOCAB, run_script, sentences
+from vllm_server import build_student, start_server, stop_server
 from distillation.config import DistillConfig
 from distillation.distributed import DistEnv
 from distillation.losses import DIVERGENCES
@@ -116,15 +117,6 @@ def test_the_bucketed_loss_is_a_hand_computation_from_the_local_teachers_logits(
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
-def _student(teacher, folder):
-    """A 1-layer Llama student over the teacher's tokenizer (random: far from the teacher)."""
-    tok = AutoTokenizer.from_pretrained(teacher)
-    torch.manual_seed(4)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    return save_model(LlamaForCausalLM(config), tok, folder)
-
-
 def _other_tokenizer_student(folder):
     """A tiny Llama student over the same words in another order: another tokenizer."""
     vocab = CAUSAL_VOCAB[:4] + CAUSAL_VOCAB[4:][::-1]
@@ -168,7 +160,7 @@ def test_a_run_from_the_served_teacher_is_a_run_from_its_top_k_cache_at_one_and_
     """At T = 1 the served targets are the cache's top-k method (fp16 values in the cache: 1e-3);
     two processes (ddp), each asking for its own micro-batches, log the same losses as one."""
     url, folder, _ = vllm_teacher
-    student = _student(folder, str(tmp_path / "student"))
+    student = build_student(folder, str(tmp_path / "student"))
     common = ["--objective", "clm", "--student_name", student, "--data_file", text, "--max_seq_length", 24, "--temperature", 1,
               "--no-group_by_size", "--max_steps", 3, "--log_interval", 1, "--alpha_ce", 1, "--alpha_task", 0.5, "--seed", 3]
     cache = tmp_path / "cache"
@@ -188,15 +180,17 @@ def test_a_run_from_the_served_teacher_is_a_run_from_its_top_k_cache_at_one_and_
         assert a == pytest.approx(b, rel=1e-3) and a == pytest.approx(c, rel=1e-4)
 
 
-class _Outage:
-    """An HTTP proxy in front of the session's server that answers 503 to every request once
-    `budget` distinct target requests (prompt_logprobs of K) have come, until `restore()`: the
-    teacher's server down mid-run, then up again. A client's retry resends the same body, so a
-    passing hiccup does not spend the budget. `seen` records (kind, answer) for messages."""
+class _KillingProxy:
+    """An HTTP proxy in front of a vLLM server that kills it (SIGKILL, its whole process group)
+    when the (budget + 1)-th distinct target request (prompt_logprobs of K) comes, once every
+    earlier request is answered, and forwards to `upstream` again once `restart(url)` gives it a
+    new server: the teacher's server killed mid-run and restarted behind the same URL. A
+    client's retry resends the same body, so a passing hiccup does not spend the budget. `seen`
+    records (kind, answer) for the test's messages."""
 
-    def __init__(self, upstream, budget):
-        self.budget, self.allowed, self.seen, outage = budget, set(), [], self
-        lock = threading.Lock()
+    def __init__(self, upstream, process, budget):
+        self.upstream, self.process, self.budget, self.allowed, self.seen, proxy = upstream, process, budget, set(), [], self
+        lock, self.in_flight = threading.Condition(), 0
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -206,23 +200,30 @@ class _Outage:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
                 target = bool(body) and b'"prompt_logprobs": %d' % K in body
                 with lock:
-                    if target and body not in outage.allowed and len(outage.allowed) < outage.budget:
-                        outage.allowed.add(body)
-                    down = target and body not in outage.allowed
-                if down:
-                    outage.seen.append(("target", 503))
-                    self.send_error(503, "down")
-                    return
-                request = urllib.request.Request(upstream + self.path, data=body, headers={"Content-Type": "application/json"})
+                    if target and body not in proxy.allowed:
+                        if len(proxy.allowed) < proxy.budget:
+                            proxy.allowed.add(body)
+                        elif proxy.process is not None:  # the server dies once the answers it owes are out
+                            lock.wait_for(lambda: proxy.in_flight == 0, timeout=60)
+                            stop_server(proxy.process, signal=9)
+                            proxy.process = None
+                    proxy.in_flight += 1
                 try:
-                    with urllib.request.urlopen(request) as answer:
-                        code, payload = answer.status, answer.read()
-                except urllib.error.HTTPError as err:
-                    code, payload = err.code, err.read()
-                except Exception as err:  # noqa: BLE001 - recorded for the test's message, then the connection drops
-                    outage.seen.append(("target" if target else self.path, repr(err)))
-                    raise
-                outage.seen.append(("target" if target else self.path, code))
+                    request = urllib.request.Request(proxy.upstream + self.path, data=body, headers={"Content-Type": "application/json"})
+                    try:
+                        with urllib.request.urlopen(request) as answer:
+                            code, payload = answer.status, answer.read()
+                    except urllib.error.HTTPError as err:
+                        code, payload = err.code, err.read()
+                except OSError as err:  # the killed server: the connection drops unanswered, as a dead server's would
+                    proxy.seen.append(("target" if target else self.path, repr(err)))
+                    self.close_connection = True
+                    return
+                finally:
+                    with lock:
+                        proxy.in_flight -= 1
+                        lock.notify_all()
+                proxy.seen.append(("target" if target else self.path, code))
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -235,25 +236,32 @@ class _Outage:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def restore(self):
-        self.budget = 10**9
+    def restart(self, upstream):
+        self.upstream, self.budget = upstream, 10**9
 
 
-def test_a_server_down_mid_run_stops_at_a_step_boundary_and_resume_ends_at_the_unbroken_weights(vllm_teacher, text, tmp_path):
+def test_a_server_killed_mid_run_stops_at_a_step_boundary_and_resume_ends_at_the_unbroken_weights(vllm_teacher, text, tmp_path):
+    """A server of its own (started here) killed after three steps' targets; the resume asks a
+    restarted server (the session's: another vLLM process on the same weights)."""
     url, folder, _ = vllm_teacher
-    student = _student(folder, str(tmp_path / "student"))
-    outage = _Outage(url, budget=4)  # the identity probe, then steps 1-3 (the 4th step's request fails)
+    student = build_student(folder, str(tmp_path / "student"))
+    doomed_url, doomed = start_server(folder, str(tmp_path / "doomed.log"))
+    proxy = _KillingProxy(doomed_url, doomed, budget=4)  # the identity probe, then steps 1-3 (the 4th step's request fails)
     common = ["--objective", "clm", "--student_name", student, "--data_file", text, "--max_seq_length", 24, "--batch_size", 4,
               "--max_steps", 5, "--log_interval", 1, "--teacher_top_k", K, "--teacher_retries", 1, "--seed", 3]
-    unbroken = run_train([*map(str, common), "--teacher_url", url, "--dump_path", str(tmp_path / "unbroken")])
-    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
-    broken = tmp_path / "broken"
-    first = run_train([*map(str, common), "--teacher_url", outage.url, "--dump_path", str(broken)])
-    assert first.returncode == 130 and "the teacher is unavailable" in first.stdout, (first.stdout[-2000:], first.stderr[-2000:])
-    assert "stopped before step 4" in first.stdout and not (broken / "final").exists(), (outage.seen, first.stdout[-2000:])
-    outage.restore()
-    second = run_train([*map(str, common), "--teacher_url", outage.url, "--dump_path", str(broken), "--resume"])
-    assert second.returncode == 0, second.stderr[-3000:]
-    a, b = final_weights(tmp_path / "unbroken"), final_weights(broken)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    outage.server.shutdown()
+    try:
+        unbroken = run_train([*map(str, common), "--teacher_url", url, "--dump_path", str(tmp_path / "unbroken")])
+        assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+        broken = tmp_path / "broken"
+        first = run_train([*map(str, common), "--teacher_url", proxy.url, "--dump_path", str(broken)])
+        assert first.returncode == 130 and "the teacher is unavailable" in first.stdout, (first.stdout[-2000:], first.stderr[-2000:])
+        assert "stopped before step 4" in first.stdout and not (broken / "final").exists(), (proxy.seen, first.stdout[-2000:])
+        assert doomed.poll() is not None  # it was killed, not told 503
+        proxy.restart(url)
+        second = run_train([*map(str, common), "--teacher_url", proxy.url, "--dump_path", str(broken), "--resume"])
+        assert second.returncode == 0, second.stderr[-3000:]
+        a, b = final_weights(tmp_path / "unbroken"), final_weights(broken)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        stop_server(doomed)
+        proxy.server.shutdown()

@@ -14,9 +14,9 @@ import urllib.request
 from typing import NamedTuple
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import ROOT
+from conftest import ROOT, save_model
 from lm_helpers import causal_tokenizer
 
 VENV = os.path.join(ROOT, ".vllm-venv")
@@ -50,6 +50,15 @@ def build_teacher(folder):
     torch.manual_seed(0)
     LlamaForCausalLM(config).float().save_pretrained(folder)
     return folder
+
+
+def build_student(teacher, folder):
+    """A 1-layer Llama student over the teacher's tokenizer (random: far from the teacher)."""
+    tok = AutoTokenizer.from_pretrained(teacher)
+    torch.manual_seed(4)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return save_model(LlamaForCausalLM(config), tok, folder)
 
 
 def vllm_python():
@@ -109,11 +118,11 @@ def log_tail(path, chars=3000):
         return f.read().decode(errors="replace")[-chars:]
 
 
-def stop_server(proc):
-    """SIGTERM the server's process group, SIGKILL it after 20 s."""
+def stop_server(proc, signal=15):
+    """`signal` (SIGTERM) to the server's process group, SIGKILL after 20 s."""
     if proc.poll() is None:
         try:
-            os.killpg(proc.pid, 15)
+            os.killpg(proc.pid, signal)
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
