@@ -15,7 +15,7 @@ def check_served(cfg, need) -> None:
     need(cfg.teacher_name is None, "give --teacher_name or --teacher_url, not both (a served teacher replaces the local one)")
     need(cfg.objective == "clm", f"--teacher_url: --objective {cfg.objective} needs the teacher's logits of its own head; a "
          "served teacher returns next-token log-probabilities (clm) only")
-    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "on_policy_fraction", "eval_generate")
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate")
                    if getattr(cfg, f)] + (["cache_teacher_logits"] if cfg.cache_teacher_logits else [])
     need(not unsupported, f"--teacher_url: --{unsupported[0] if unsupported else ''} is not available with a served teacher "
          "(it needs the teacher's full logits, hidden states or a local model); drop it")

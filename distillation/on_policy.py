@@ -18,8 +18,9 @@ The default --divergence is reverse KL when λ > 0 (config.py): on its own sampl
 pushed away from what the teacher finds unlikely (mode-seeking), as GKD, MiniLLM and on-policy
 distillation recipes do. Under fsdp every rank generates in step (parallel.FSDPStrategy.generation).
 --eval_generate compares the student's answers with the teacher's own to the same prompts and
-warns (`collapse`) when they stop ending. Limits: instruction data (prompts), a live teacher (not
-a logits cache), no hidden-state losses.
+warns (`collapse`) when they stop ending. The rebuilt batches reach the teacher through its
+`outputs`, whatever its kind (a served one asks its server for them). Limits: instruction data
+(prompts), a live teacher (local or served, not a logits cache), no hidden-state losses.
 """
 
 import contextlib
@@ -178,9 +179,9 @@ def check_config(cfg, need) -> None:
         flag = f"--on_policy_fraction {cfg.on_policy_fraction:g}"
         need(cfg.objective == "clm", f"{flag}: only for --objective clm (instruction data: the student answers its prompts)")
         need(cfg.teacher_logits is None, f"{flag}: the teacher must score the student's new samples, which a --teacher_logits "
-             "cache cannot; give --teacher_name")
-        need(bool(cfg.teacher_name) and cfg.alpha_ce > 0, f"{flag}: needs --teacher_name and --alpha_ce > 0 (the student learns "
-             "its own samples from the teacher)")
+             "cache cannot; give --teacher_name or --teacher_url")
+        need(bool(cfg.teacher_name or cfg.teacher_url) and cfg.alpha_ce > 0, f"{flag}: needs --teacher_name (or --teacher_url) and "
+             "--alpha_ce > 0 (the student learns its own samples from the teacher)")
         need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
     if cfg.eval_generate:
         flag = f"--eval_generate {cfg.eval_generate}"

@@ -1,7 +1,8 @@
 """The served teacher (--teacher_url) beyond training's targets, against a real vLLM server
-(tests/vllm_server.py): its evaluation metrics are a hand computation from the local teacher
-(the server's folder loaded with transformers)."""
+(tests/vllm_server.py): its evaluation metrics and an on-policy step's loss are hand
+computations from the local teacher (the server's folder loaded with transformers)."""
 
+import copy
 import json
 import math
 
@@ -13,6 +14,7 @@ from conftest import save_model
 from distillation.config import DistillConfig
 from distillation.distributed import DistEnv
 from distillation.evaluation import evaluate
+from distillation.on_policy import OnPolicy
 from distillation.pipeline import build
 
 K = 8
@@ -103,3 +105,48 @@ def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path
     assert metrics["eval_teacher_loss"] == pytest.approx(expected["eval_teacher_loss"], abs=1e-4)
     assert metrics["eval_teacher_perplexity"] == pytest.approx(expected["eval_teacher_perplexity"], rel=1e-4)
     assert {k for k in metrics if k.startswith("eval_teacher_")} == set(expected)  # what a local teacher reports
+
+
+def _reverse_kl_of_buckets(s_logits, t_logits, temperature):
+    """Σ KL(q‖p) over rows: p the teacher's top K and the rest at T = 1, tempered as K + 1
+    tokens; q the student's softmax at T over the same K tokens and the rest of its vocabulary."""
+    t_logp = t_logits.log_softmax(-1)
+    top, ids = t_logp.topk(K, dim=-1)
+    buckets = torch.cat([top, torch.log1p(-top.exp().sum(-1, keepdim=True))], -1) / temperature
+    p = buckets.softmax(-1)
+    s = (s_logits / temperature).softmax(-1)
+    s_top = s.gather(-1, ids)
+    q = torch.cat([s_top, 1 - s_top.sum(-1, keepdim=True)], -1)
+    return (q * (q.log() - p.log())).sum()
+
+
+def test_an_on_policy_step_learns_the_servers_top_k_of_the_students_own_samples(assets, tmp_path, monkeypatch):
+    """λ = 1 (no refusal with --teacher_url): the step's dataset rows are asked for first, as in a
+    run; the rebuilt batch (prompt + the student's answer) is asked anew, and its soft-target term
+    is a hand reverse KL of the k + 1 buckets at the sampled positions, at T = 2."""
+    temperature = 2.0
+    cfg = _cfg(assets["url"], assets["folder"], assets["student"], assets["data"], tmp_path / "run", on_policy_fraction=1.0,
+               temperature=temperature, alpha_ce=1.0, alpha_task=0.5, batch_size=4, gradient_accumulation_steps=1)
+    assert cfg.divergence == "reverse_kl"  # the on-policy default
+    captured, sample = [], OnPolicy.sample
+    monkeypatch.setattr(OnPolicy, "sample", lambda self, batch, model: captured.append(sample(self, batch, model)) or captured[-1])
+    distiller, _ = build(cfg, DistEnv())
+    student = copy.deepcopy(distiller.model.student).eval()
+    group = [distiller.objective.collate([distiller.train_dataset[i] for i in distiller._batches(0)[0]])]
+    distiller.teacher.prepare(group, None)  # as _teacher_ready does before the step
+    torch.manual_seed(0)
+    terms = distiller._step(group)
+    batch, = captured
+    assert not torch.equal(batch["input_ids"][:, : group[0]["input_ids"].shape[1]], group[0]["input_ids"])  # new tokens
+    teacher, columns = _teacher(assets["folder"]), distiller.objective.columns
+    with torch.no_grad():
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :columns].double()
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :columns].double()
+    targets = batch["labels"][:, 1:] != -100  # position t predicts token t + 1: the sampled answers through EOS
+    kl = _reverse_kl_of_buckets(s_logits[:, :-1][targets], t_logits[:, :-1][targets], temperature)
+    print(f"ce {terms['ce']:.6f}, hand {temperature ** 2 * kl.item() / targets.sum().item():.6f} over {targets.sum()} sampled tokens")
+    assert targets.sum() >= 8
+    assert terms["ce"] == pytest.approx(temperature ** 2 * kl.item() / targets.sum().item(), rel=1e-4)
+    assert terms["loss"] == pytest.approx(cfg.alpha_ce * terms["ce"], rel=1e-6)  # the student's own tokens are no labels
+    distiller.teacher.prepare([], None)
+    assert not distiller.teacher.pending  # the dataset rows' answers, never used, are not kept

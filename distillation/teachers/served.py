@@ -21,8 +21,10 @@ fixed probe (a URL is no identity: another model may answer there after a restar
 Evaluation: the server's answers for each held-out batch stand for the teacher's logits
 (`ServedRows`): the teacher's loss, perplexity, accuracy and exact match are the local teacher's
 (vLLM returns the actual next token's log-probability beside the top k: its NLL is exact).
-Limits: clm; no hidden-state or logit-MSE losses, no on-policy steps or --eval_generate yet
-(they need a local model).
+On-policy steps (--on_policy_fraction): the micro-batches rebuilt from the student's samples
+are asked for when their loss needs them (they exist only then), as token ids like any other,
+and learn from the same k + 1 buckets; the dataset rows' targets asked for that step go unused.
+Limits: clm; no hidden-state or logit-MSE losses, no --eval_generate yet (it needs a local model).
 """
 
 import hashlib
@@ -175,13 +177,15 @@ class ServedTeacher:
         self.waited, self.requests = 0.0, 0
 
     @staticmethod
-    def _key(batch) -> tuple:
-        return tuple(batch["index"].tolist())  # a micro-batch's examples: unique within an epoch
-
-    @staticmethod
     def _sequences(batch) -> list:
         """Each row's tokens, without its padding."""
         return [row[m].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"].bool())]
+
+    @classmethod
+    def _key(cls, batch) -> tuple:
+        # By the tokens, not the examples' indices: an on-policy step rebuilds its micro-batches
+        # from the student's samples under the same indices, and those must be asked anew.
+        return tuple(map(tuple, cls._sequences(batch)))
 
     def _ask(self, batch) -> None:
         if self._key(batch) not in self.pending:
@@ -191,7 +195,11 @@ class ServedTeacher:
     def prepare(self, group: list, upcoming: Optional[list]) -> None:
         """Ask for `group`'s targets (the step about to run), and `upcoming`'s with prefetch;
         wait for `group`'s. TeacherUnavailable when the server fails within --teacher_retries."""
-        for batch in group + ((upcoming or []) if self.prefetch else []):
+        batches = group + ((upcoming or []) if self.prefetch else [])
+        wanted = {self._key(batch) for batch in batches}
+        for key in [key for key in self.pending if key not in wanted]:  # an on-policy step's dataset rows, never used
+            self.pending.pop(key).cancel()
+        for batch in batches:
             self._ask(batch)
         started = time.time()
         try:
@@ -209,8 +217,10 @@ class ServedTeacher:
         try:
             if split != "train":  # asked now, outside `pending`: a prefetched training batch may hold the same indices
                 return ServedRows(self.client.prompt_logprobs(self._sequences(batch), self.k), batch, self.device, self.check_ids), None
-            self._ask(batch)  # asked by prepare in a run; here for a caller without one
+            self._ask(batch)  # asked by prepare in a run; here for an on-policy step's samples, or a caller without one
+            started = time.time()
             answers = self.pending.pop(self._key(batch)).result()
+            self.waited += time.time() - started
         except ServerError as err:
             raise TeacherUnavailable(str(err)) from None
         positions, _ = self.objective.token_rows(batch)
