@@ -15,10 +15,10 @@ def check_served(cfg, need) -> None:
     need(cfg.teacher_name is None, "give --teacher_name or --teacher_url, not both (a served teacher replaces the local one)")
     need(cfg.objective == "clm", f"--teacher_url: --objective {cfg.objective} needs the teacher's logits of its own head; a "
          "served teacher returns next-token log-probabilities (clm) only")
-    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate")
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows")
                    if getattr(cfg, f)] + (["cache_teacher_logits"] if cfg.cache_teacher_logits else [])
     need(not unsupported, f"--teacher_url: --{unsupported[0] if unsupported else ''} is not available with a served teacher "
-         "(it needs the teacher's full logits, hidden states or a local model); drop it")
+         "(it needs the teacher's full logits or hidden states); drop it")
     need(cfg.teacher_top_k >= 1 and cfg.teacher_timeout > 0 and cfg.teacher_retries >= 0,
          f"--teacher_top_k must be >= 1, --teacher_timeout > 0 and --teacher_retries >= 0 (got {cfg.teacher_top_k}, "
          f"{cfg.teacher_timeout:g}, {cfg.teacher_retries})")

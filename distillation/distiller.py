@@ -298,7 +298,7 @@ class Distiller:
                            self.env, self.autocast, self.cfg.seed)
         if self.eval_prompts:  # --eval_generate: what the teacher thinks of the student's own answers
             with self.autocast():
-                generated, answers = self.on_policy.sample_metrics(self.eval_prompts, self.model, self.teacher.model, self.env)
+                generated, answers = self.on_policy.sample_metrics(self.eval_prompts, self.model, self.teacher, self.env)
             metrics.update(generated)
             self.log.answers(self.step, answers)
         improved, stop = self.folders.after_eval(self.model, metrics, self.step, self.epoch_progress)

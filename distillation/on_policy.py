@@ -48,14 +48,15 @@ class OnPolicy:
     @torch.no_grad()
     def sample_metrics(self, prompts: list, model, teacher, env) -> tuple:
         """--eval_generate: the student (in `model`, the StudentWithProjection trained) answers each
-        prompt (draws seeded by (--seed, prompt), the training RNG untouched). Returns the metrics
+        prompt (draws seeded by (--seed, prompt), the training RNG untouched), which `teacher` (the
+        run's, teachers/: local or served) scores and answers itself. Returns the metrics
         (eval_teacher_nll: the teacher's mean NLL per answer token, eval_sample_length: the mean
         answer length, eval_sample_eos: the share ending in EOS; eval_teacher_sample_length and
         _eos: the same of the teacher's own answers, drawn alike once, at the first call: what
         `collapse` compares with) and the student's answers, one dict each, to read beside them."""
         rows = self._answer_and_score(prompts, self._generating(model), teacher, env)
         if self.teacher_own is None:
-            own = self._answer_and_score(prompts, self._drawing(teacher, self.strategy.teacher_generation(teacher)), teacher, env)
+            own = self._answer_and_score(prompts, teacher.drawing(self), teacher, env)
             self.teacher_own = {f"eval_teacher_{k}": v for k, v in _summary(own).items()}
         metrics = {"eval_teacher_nll": sum(r[1] for r in rows) / max(sum(len(r[2]) for r in rows), 1),
                    **{f"eval_{k}": v for k, v in _summary(rows).items()}, **self.teacher_own}
@@ -76,35 +77,34 @@ class OnPolicy:
                 torch.manual_seed(item_seed(self.cfg.seed, i))
                 ids = torch.tensor([prompts[i]], device=env.device)
                 (answer, ended), = draw(ids, torch.ones_like(ids))
-                sequence = torch.tensor([prompts[i] + answer], device=env.device)
-                log_p = teacher(input_ids=sequence).logits[0, ids.shape[1] - 1 : -1, : self.objective.columns].float().log_softmax(-1)
-                nll = -log_p.gather(-1, sequence[0, ids.shape[1]:, None]).sum().item()
+                nll = -teacher.next_token_logprobs(prompts[i] + answer)[len(prompts[i]) - 1 :].sum().item()
                 if n < len(indices):
                     mine.append((i, nll, answer, ended))
         return sorted(row for part in all_gather_objects(mine, env) for row in part)
 
-    def _budget(self, prompt_len: int) -> int:
+    def budget(self, prompt_len: int) -> int:
         """The most tokens an answer to a prompt this long may have: --max_new_tokens within --max_seq_length."""
         return max(1, min(self.cfg.max_new_tokens, self.cfg.max_seq_length - prompt_len))
 
     def _generating(self, model):
         """The student's answers (parallel.py: how the processes take part) in eval mode."""
-        return self._drawing(model.student, self.strategy.generation(model), model)
+        return self.drawing(model.student, self.strategy.generation(model), model)
 
     @contextlib.contextmanager
-    def _drawing(self, module, generation, trained=None):
+    def drawing(self, module, generation, trained=None):
         """`draw(input_ids, attention_mask)` -> [(answer ids through the first stop id, whether it
-        has one)] of each left-padded prompt row, at most `_budget` tokens, drawn by
+        has one)] of each left-padded prompt row, at most `budget` tokens, drawn by
         generation.sampling_config alone: pure sampling at --generation_temperature (no top-k/top-p,
         no repetition penalty, whatever the folder's generation_config.json says), never an id past
-        the tokenizer. `module`: the model that generates; `trained`: what to put in eval mode."""
+        the tokenizer. `module`: the model that generates (`generation`: its `generate`, as a
+        parallel.Strategy gives it); `trained`: what to put in eval mode."""
         was_training = trained is not None and trained.training
         if trained is not None:
             trained.eval()
         config = sampling_config(self.tokenizer, module, self.cfg.max_new_tokens, self.cfg.generation_temperature)
 
         def draw(input_ids, attention_mask):
-            config.max_new_tokens = self._budget(input_ids.shape[1])
+            config.max_new_tokens = self.budget(input_ids.shape[1])
             out = generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
             return [ends(new, config.eos_token_id) for new in out[:, input_ids.shape[1]:].tolist()]
 
@@ -185,6 +185,6 @@ def check_config(cfg, need) -> None:
         need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
     if cfg.eval_generate:
         flag = f"--eval_generate {cfg.eval_generate}"
-        need(cfg.eval_generate > 0 and cfg.objective == "clm" and bool(cfg.teacher_name),
-             f"{flag}: needs --objective clm and a --teacher_name to score the answers (a positive count)")
+        need(cfg.eval_generate > 0 and cfg.objective == "clm" and bool(cfg.teacher_name or cfg.teacher_url),
+             f"{flag}: needs --objective clm and a --teacher_name (or --teacher_url) to score the answers (a positive count)")
         need(bool(cfg.eval_file or cfg.validation_split), f"{flag}: needs held-out prompts (--eval_file or --validation_split)")

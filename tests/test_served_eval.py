@@ -1,6 +1,7 @@
 """The served teacher (--teacher_url) beyond training's targets, against a real vLLM server
-(tests/vllm_server.py): its evaluation metrics and an on-policy step's loss are hand
-computations from the local teacher (the server's folder loaded with transformers)."""
+(tests/vllm_server.py): its evaluation metrics, an on-policy step's loss and --eval_generate's
+teacher NLL and own answers are hand computations from the local teacher (the server's folder
+loaded with transformers)."""
 
 import copy
 import json
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import save_model
+from conftest import read_metrics, run_train, save_model
 from distillation.config import DistillConfig
 from distillation.distributed import DistEnv
 from distillation.evaluation import evaluate
@@ -150,3 +151,60 @@ def test_an_on_policy_step_learns_the_servers_top_k_of_the_students_own_samples(
     assert terms["loss"] == pytest.approx(cfg.alpha_ce * terms["ce"], rel=1e-6)  # the student's own tokens are no labels
     distiller.teacher.prepare([], None)
     assert not distiller.teacher.pending  # the dataset rows' answers, never used, are not kept
+
+
+def _greedy(teacher, prompt, budget, eos):
+    """The local teacher's argmax answer through EOS, at most `budget` tokens, and its smallest
+    top-2 gap (what a draw at temperature 1e-3 needs to be its argmax)."""
+    ids, gap = list(prompt), math.inf
+    with torch.no_grad():
+        for _ in range(budget):
+            top = teacher(input_ids=torch.tensor([ids])).logits[0, -1].double().log_softmax(-1).topk(2)
+            gap = min(gap, (top.values[0] - top.values[1]).item())
+            ids.append(int(top.indices[0]))
+            if ids[-1] == eos:
+                break
+    return ids[len(prompt):], gap
+
+
+def test_eval_generate_scores_the_students_answers_and_draws_the_teachers_own_on_the_server(assets, tmp_path, monkeypatch):
+    """The teacher's NLL of each student answer is the local teacher's (1e-4); its own answers,
+    drawn by the server at --generation_temperature 1e-3, are the local teacher's argmax answers."""
+    cfg = _cfg(assets["url"], assets["folder"], assets["student"], assets["data"], tmp_path / "run", eval_generate=6,
+               generation_temperature=1e-3, max_new_tokens=6)
+    captured, score = [], OnPolicy._answer_and_score
+    monkeypatch.setattr(OnPolicy, "_answer_and_score", lambda self, *args: captured.append(score(self, *args)) or captured[-1])
+    distiller, _ = build(cfg, DistEnv())
+    prompts = distiller.eval_prompts
+    metrics, answers = distiller.on_policy.sample_metrics(prompts, distiller.model, distiller.teacher, distiller.env)
+    students, own = captured
+    teacher, eos = _teacher(assets["folder"]), distiller.tokenizer.eos_token_id
+    hands = []
+    for i, nll, answer, _ in students:
+        ids = torch.tensor([prompts[i] + answer])
+        with torch.no_grad():
+            logp = teacher(input_ids=ids).logits[0, :-1].double().log_softmax(-1)[len(prompts[i]) - 1 :]
+        hands.append(-logp.gather(-1, torch.tensor(answer)[:, None]).sum().item())
+    print(f"teacher NLL of the student's answers, served vs local: max |diff| {max(abs(r[1] - h) for r, h in zip(students, hands)):.1e}")
+    assert [r[1] for r in students] == pytest.approx(hands, abs=1e-4)
+    total = sum(hands)
+    assert metrics["eval_teacher_nll"] == pytest.approx(total / sum(len(r[2]) for r in students), abs=1e-4)
+    assert [a["teacher_nll"] * max(len(r[2]), 1) for a, r in zip(answers, students)] == pytest.approx([r[1] for r in students])
+    greedy = [_greedy(teacher, prompts[i], distiller.on_policy.budget(len(prompts[i])), eos) for i in range(len(prompts))]
+    print(f"smallest top-2 gap of the teacher's argmax answers: {min(g for _, g in greedy):.3f}")
+    assert [(i, answer, ended) for i, _, answer, ended in own] == [(i, g, g[-1] == eos) for i, (g, _) in enumerate(greedy)]
+    assert metrics["eval_teacher_sample_length"] == sum(len(g) for g, _ in greedy) / len(greedy)
+    assert metrics["eval_teacher_sample_eos"] == sum(g[-1] == eos for g, _ in greedy) / len(greedy)
+
+
+def test_a_served_run_takes_on_policy_steps_and_eval_generate(assets, tmp_path):
+    """Through scripts/train.py: neither flag is refused, and the run logs the teacher's metrics."""
+    dump = tmp_path / "run"
+    proc = run_train(["--objective", "clm", "--teacher_url", assets["url"], "--student_name", assets["student"], "--data_file",
+                      assets["data"], "--eval_file", assets["data"], "--prompt_template", TEMPLATE, "--max_seq_length", "20",
+                      "--teacher_top_k", str(K), "--batch_size", "4", "--max_steps", "2", "--log_interval", "1",
+                      "--on_policy_fraction", "1", "--eval_generate", "2", "--max_new_tokens", "4", "--dump_path", str(dump)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [r for r in read_metrics(dump) if "eval_loss" in r]
+    assert evals and {"eval_teacher_loss", "eval_teacher_nll", "eval_teacher_sample_length"} <= set(evals[-1])
+    assert [r["on_policy_share"] for r in read_metrics(dump) if "on_policy_share" in r] == [1.0, 1.0]

@@ -19,6 +19,9 @@ they hold:
     end_epoch(env)          at every epoch end, on every rank (a collective where it shares)
     report(env) -> dict     for the run summary (a collective where it sums over ranks)
     parameters() -> int | None
+    next_token_logprobs(sequence) -> [L - 1]   and   drawing(on_policy) -> draw context
+                            --eval_generate (local and served only): the teacher's NLL of the
+                            student's answers, and its own answers (on_policy.OnPolicy.drawing)
     model                   the module, where there is one in memory (hidden-state losses,
                             chunked losses, generation), else None
     identity                what the resume fingerprint compares

@@ -64,6 +64,7 @@ class LocalTeacher:
     def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool, may_cache: bool = True,
                  identity: Optional[str] = None):
         self.model = model.to(device) if model is not None else None
+        self.device = device
         self.identity = identity
         self.objective = objective
         self.accepted = forward_inputs(model) if model is not None else set()
@@ -103,6 +104,17 @@ class LocalTeacher:
         if cache is not None:
             cache.put(batch["index"], first)
         return first, (out.hidden_states[1:] if with_hidden else None)
+
+    def next_token_logprobs(self, sequence: list) -> torch.Tensor:
+        """[L - 1] the log-probability of each next token of `sequence` (token ids), over the
+        tokenizer's tokens: one forward (under fsdp every rank runs it together)."""
+        ids = torch.tensor([sequence], device=self.device)
+        log_p = self.model(input_ids=ids).logits[0, :-1, : self.objective.columns].float().log_softmax(-1)
+        return log_p.gather(-1, ids[0, 1:, None]).squeeze(-1)
+
+    def drawing(self, on_policy):
+        """The teacher's own answers (--eval_generate): on_policy.drawing by this model."""
+        return on_policy.drawing(self.model, on_policy.strategy.teacher_generation(self.model))
 
     def prepare(self, group: list, upcoming) -> None:
         """Nothing to ask ahead: outputs computes or reads each micro-batch's when it is needed."""

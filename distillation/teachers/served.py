@@ -24,9 +24,12 @@ Evaluation: the server's answers for each held-out batch stand for the teacher's
 On-policy steps (--on_policy_fraction): the micro-batches rebuilt from the student's samples
 are asked for when their loss needs them (they exist only then), as token ids like any other,
 and learn from the same k + 1 buckets; the dataset rows' targets asked for that step go unused.
-Limits: clm; no hidden-state or logit-MSE losses, no --eval_generate yet (it needs a local model).
+--eval_generate: the teacher's NLL of the student's answers is the server's log-probability of
+each answer token (`next_token_logprobs`), and its own answers are drawn by the server
+(`drawing`), seeded per prompt. Limits: clm; no hidden-state or logit-MSE losses.
 """
 
+import contextlib
 import hashlib
 import json
 import time
@@ -228,6 +231,43 @@ class ServedTeacher:
         self.check_ids(ids)
         values, tail = tempered_buckets(values.float(), self.temperature)
         return SparseTargets("topk", ids.to(self.device), values.to(self.device), tail=tail.to(self.device)), None
+
+    def next_token_logprobs(self, sequence: list) -> torch.Tensor:
+        """[L - 1] the log-probability of each next token of `sequence` (token ids), from the server."""
+        try:
+            answer, = self.client.prompt_logprobs([sequence], 1)
+        except ServerError as err:
+            raise TeacherUnavailable(str(err)) from None
+        return torch.from_numpy(answer.actual)
+
+    @contextlib.contextmanager
+    def drawing(self, on_policy):
+        """The teacher's own answers (--eval_generate) drawn by the server, as on_policy.drawing
+        draws the student's: `draw(input_ids, attention_mask)` -> [(answer through its stop id,
+        whether it has one)] of each left-padded prompt row; pure sampling at
+        --generation_temperature, at most on_policy.budget tokens, never an id past the tokenizer.
+        vLLM stops on the tokenizer's EOS and on its model's own EOS ids (finish_reason "stop").
+        Each request's seed is drawn from torch's RNG, which the caller seeds per prompt."""
+        # served_generation imports this module (check_tokenizer): imported here, not at the top
+        from distillation.served_generation import completions, request_fields
+
+        tokenizer = on_policy.tokenizer
+        stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        allowed = list(range(len(tokenizer))) if self.client.vocab_size > len(tokenizer) else None
+
+        def draw(input_ids, attention_mask):
+            answers = []
+            for row, mask in zip(input_ids.tolist(), attention_mask.bool().tolist()):
+                fields = request_fields(on_policy.budget(len(row)), on_policy.cfg.generation_temperature, 1.0, 0, 1.0, stop, allowed)
+                (ids, finish), = completions(self.client, [t for t, m in zip(row, mask) if m], 1, fields,
+                                             int(torch.randint(2**31 - 1, ())))
+                answers.append((ids, finish == "stop"))
+            return answers
+
+        try:
+            yield draw
+        except ServerError as err:
+            raise TeacherUnavailable(str(err)) from None
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """TeacherUnavailable if the server proposed an id in `ids` past the run's tokenizer."""
