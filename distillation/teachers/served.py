@@ -139,14 +139,15 @@ class ServedRows(HeadRows):
     NLL of the target is the server's, exactly; its argmax the server's top 1 (an even share of
     the rest is at most the k-th's: every token outside the top k has at most its mass)."""
 
-    def __init__(self, answers: list, batch, device, check, rows: int = 256):
-        self.answers, self.batch, self.device, self.check, self.rows = answers, batch, device, check, rows
+    def __init__(self, answers: list, batch, device, check, elements: int = 2**22):
+        self.answers, self.batch, self.device, self.check, self.elements = answers, batch, device, check, elements
 
     def chunks(self, positions: torch.Tensor, columns: int):
-        """Yields (slice of `positions`, [n, columns] log-probabilities of those positions)."""
-        flat = self.batch["input_ids"].reshape(-1)
-        for start in range(0, len(positions), self.rows):
-            part = slice(start, start + self.rows)
+        """Yields (slice of `positions`, [n, columns] log-probabilities of those positions), n
+        rows of at most `elements` values together (32 MB in float64 at any vocabulary)."""
+        flat, rows = self.batch["input_ids"].reshape(-1), max(1, self.elements // columns)
+        for start in range(0, len(positions), rows):
+            part = slice(start, start + rows)
             ids, top, actual = _at(self.answers, self.batch, positions[part])
             self.check(ids)
             target = flat[positions[part] + 1].cpu()
@@ -160,8 +161,8 @@ class ServedRows(HeadRows):
 
 class ServedTeacher:
     """SparseTargets (top-k and the rest) of training batches from the server; at evaluation
-    ServedRows, which evaluation scores as the teacher's logits. `prepare` sends a step's requests (and, with
-    --teacher_prefetch, the next step's) before the student computes: the student waits only for
+    ServedRows, which evaluation scores as the teacher's logits. `prepare` sends a step's requests
+    (and, with --teacher_prefetch, the next step's) before the student computes: the student waits only for
     what the server has not answered by then, and a server that fails does so before the step
     starts, so the run can stop at a step boundary."""
 
