@@ -17,6 +17,7 @@ from distillation.distributed import DistEnv
 from distillation.evaluation import evaluate
 from distillation.on_policy import OnPolicy
 from distillation.pipeline import build
+from distillation.teachers.served import ServedRows
 
 K = 8
 TEMPLATE = "{instruction} {input} A:"
@@ -91,9 +92,10 @@ def _hand_teacher_metrics(folder, dataset, special):
             "eval_teacher_exact_match": sum(exact) / len(exact)}, outside
 
 
-def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path):
+def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path, monkeypatch):
     """The teacher's loss (NLL of every target, also those outside the top k), perplexity,
-    accuracy and exact match, from the server's answers alone."""
+    accuracy and exact match, from the server's answers alone, scored 5 rows at a time."""
+    monkeypatch.setattr(ServedRows, "elements", 5 * 26)  # the teacher has 26 tokens
     distiller, _ = build(_cfg(assets["url"], assets["folder"], assets["student"], assets["data"], tmp_path / "run"), DistEnv())
     metrics = evaluate(distiller.model, distiller.teacher, distiller.objective, distiller.eval_dataset, 3, distiller.env,
                        distiller.autocast, 0)

@@ -139,12 +139,14 @@ class ServedRows(HeadRows):
     NLL of the target is the server's, exactly; its argmax the server's top 1 (an even share of
     the rest is at most the k-th's: every token outside the top k has at most its mass)."""
 
-    def __init__(self, answers: list, batch, device, check, elements: int = 2**22):
-        self.answers, self.batch, self.device, self.check, self.elements = answers, batch, device, check, elements
+    elements = 2**22  # values a chunk: 32 MB in float64 at any vocabulary
+
+    def __init__(self, answers: list, batch, device, check):
+        self.answers, self.batch, self.device, self.check = answers, batch, device, check
 
     def chunks(self, positions: torch.Tensor, columns: int):
         """Yields (slice of `positions`, [n, columns] log-probabilities of those positions), n
-        rows of at most `elements` values together (32 MB in float64 at any vocabulary)."""
+        rows of at most `elements` values together."""
         flat, rows = self.batch["input_ids"].reshape(-1), max(1, self.elements // columns)
         for start in range(0, len(positions), rows):
             part = slice(start, start + rows)
