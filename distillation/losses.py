@@ -118,6 +118,19 @@ def topk_buckets(student_logits: torch.Tensor, ids: torch.Tensor, temperature: f
     return torch.cat([logp, log_rest(logp).unsqueeze(-1)], dim=-1)
 
 
+def tempered_as_buckets(buckets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """k + 1 bucket log-probabilities at T = 1 -> the same at T, each bucket tempered as one token.
+
+    Args:
+        buckets: [N, K + 1] log-probabilities at T = 1 (the top k, then the rest).
+    Returns:
+        [N, K + 1] log(softmax(buckets / T)): exact at T = 1. At T > 1 "the rest" gets less mass
+        than the tempered whole vocabulary would give it, so a loss must temper both sides so.
+    """
+    scaled = buckets / temperature
+    return scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
+
+
 def log_rest(logp: torch.Tensor) -> torch.Tensor:
     """[N, K] log-probabilities of K distinct classes -> [N] log of the mass outside them,
     log(1 - Σ p), floored at 1e-30 (the K may hold all of it)."""

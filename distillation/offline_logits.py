@@ -83,13 +83,17 @@ class SparseTargets:
     topk: ids [N, K] the K most likely token ids, values [N, K] their teacher log-probabilities
     at T, tail [N] the log of the teacher mass outside them.
     sampled: ids [N, H + K] the H most likely ids then K draws from the rest, values [N, H] the
-    head's log-probabilities at T, entropy [N] the teacher's entropy at T."""
+    head's log-probabilities at T, entropy [N] the teacher's entropy at T.
+    rest_as_one (topk of a served teacher, which knows its top k at T = 1 only): values and tail
+    are the k + 1 buckets at T = 1 tempered as k + 1 tokens (losses.tempered_as_buckets); the
+    student's buckets must be tempered the same way to be compared with them."""
 
     method: str
     ids: torch.Tensor
     values: torch.Tensor
     tail: Optional[torch.Tensor] = None
     entropy: Optional[torch.Tensor] = None
+    rest_as_one: bool = False
 
 
 def sparse_targets(teacher_rows: torch.Tensor, method: str, k: int, temperature: float, generator, head: int = 0) -> SparseTargets:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
-from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, topk_buckets
+from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, tempered_as_buckets, topk_buckets
 from distillation.models import final_outputs
 from distillation.objectives.lm import HeadRows, gather_rows
 
@@ -103,7 +103,11 @@ class SparseTokenLosses(DenseTokenLosses):
                 terms["ce"] = sampled_kl(s_rows, targets.ids, targets.values, targets.entropy, T)
             else:  # k + 1 buckets, already log-probabilities at T: the divergence at T = 1, then the T² factor
                 teacher = torch.cat([targets.values, targets.tail.unsqueeze(-1)], dim=-1)
-                terms["ce"] = self.divergence(topk_buckets(s_rows, targets.ids, T), teacher, 1.0, self.cfg.divergence_beta) * T**2
+                if targets.rest_as_one:  # the student's buckets tempered as the teacher's were (else its tail outweighs)
+                    student = tempered_as_buckets(topk_buckets(s_rows, targets.ids, 1.0), T)
+                else:
+                    student = topk_buckets(s_rows, targets.ids, T)
+                terms["ce"] = self.divergence(student, teacher, 1.0, self.cfg.divergence_beta) * T**2
         return terms
 
 

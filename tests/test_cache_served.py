@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from conftest import read_metrics, save_model, train_in_process
+from conftest import read_metrics, train_in_process
 from lm_helpers import CAUSAL_VOCAB, call_script, config, objective_for, sentences
 from distillation.cli.cache_teacher import main as cache_main
 from distillation.offline_logits import read_manifest
 from distillation.teachers.served import tempered_buckets
+from vllm_server import build_student
 
 K = 8
 SHARD = 7  # 18 blocks of 24 tokens: shards of 7, 7 and 4, which batches of 3 and 4 do not fill evenly
@@ -97,11 +98,7 @@ def test_a_served_topk_cache_is_the_local_teachers(vllm_teacher, text, caches):
 
 
 def test_a_run_from_the_served_cache_logs_the_local_caches_losses(vllm_teacher, text, caches, tmp_path):
-    tok = AutoTokenizer.from_pretrained(vllm_teacher.folder)
-    torch.manual_seed(4)
-    student = save_model(LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3)), tok, str(tmp_path / "student"))
+    student = build_student(vllm_teacher.folder, str(tmp_path / "student"))
     losses = {}
     for name in ("local", "served"):
         code = train_in_process(["--objective", "clm", "--teacher_logits", caches[name], "--student_name", student,
@@ -167,3 +164,20 @@ def test_a_served_model_with_another_tokenizer_writes_nothing(vllm_teacher, text
                             "--dump_path", tmp_path / "c", "--method", "topk")
     assert code == 2 and "--teacher_url: the served model" in err[-1] and "tokenises" in err[-1], err
     assert not (tmp_path / "c").exists()
+
+
+def test_at_another_temperature_a_run_from_the_served_cache_is_the_served_run(vllm_teacher, text, tmp_path, capsys):
+    """T = 2: the cache's buckets were tempered as k + 1 tokens, and a run from it tempers the
+    student's buckets alike (its manifest says the cache is served): the losses of a
+    --teacher_url run, to the cache's fp16 rounding."""
+    cache = _cache(capsys, _served(vllm_teacher), text, tmp_path / "cache", "--batch_size", 4, temperature=2)
+    student = build_student(vllm_teacher.folder, str(tmp_path / "student"))
+    losses = {}
+    for name, source in (("cache", ["--teacher_logits", cache]), ("served", ["--teacher_url", vllm_teacher.url, "--teacher_top_k", K])):
+        code = train_in_process([*source, "--objective", "clm", "--student_name", student, "--data_file", text, "--max_seq_length", 24,
+                                 "--temperature", 2, "--no-group_by_size", "--max_steps", 3, "--log_interval", 1, "--batch_size", 4,
+                                 "--seed", 3, "--dump_path", tmp_path / f"run-{name}"])
+        assert code == 0
+        losses[name] = [m["loss_ce"] for m in read_metrics(tmp_path / f"run-{name}") if "loss_ce" in m]
+    assert len(losses["cache"]) == len(losses["served"]) == 3
+    assert losses["cache"] == pytest.approx(losses["served"], rel=1e-3)

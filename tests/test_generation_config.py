@@ -75,7 +75,7 @@ def _cfg(pair, dump, **values):
 
 def _sample(pair, tmp_path, **values):
     d, _ = build(_cfg(pair, tmp_path / "run", **values), DistEnv())
-    return d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher.model, DistEnv())
+    return d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher, DistEnv())
 
 
 def _responses(pair, capsys, dump, model, *extra):

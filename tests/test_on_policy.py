@@ -130,8 +130,8 @@ from distillation.pipeline import build
 cfg = config_from_cli(sys.argv[1:])
 env = init_distributed()
 d, _ = build(cfg, env)
-first = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher.model, env)
-again = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher.model, env)
+first = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher, env)
+again = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher, env)
 if env.is_main:
     print(json.dumps([first, again]))
 shutdown(env)

@@ -9,28 +9,20 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_metrics, run_train, save_model
+from conftest import read_metrics, run_train
 from distillation.config import DistillConfig
 from distillation.distributed import DistEnv
 from distillation.evaluation import evaluate
 from distillation.on_policy import OnPolicy
 from distillation.pipeline import build
 from distillation.teachers.served import ServedRows
+from vllm_server import build_student
 
 K = 8
 TEMPLATE = "{instruction} {input} A:"
 NOUNS = ("movie", "film", "plot", "actor")
-
-
-def _student(teacher, folder):
-    """A 1-layer Llama student over the teacher's tokenizer (random: far from the teacher)."""
-    tok = AutoTokenizer.from_pretrained(teacher)
-    torch.manual_seed(4)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    return save_model(LlamaForCausalLM(config), tok, folder)
 
 
 def _teacher(folder):
@@ -63,7 +55,7 @@ def assets(vllm_teacher, tmp_path_factory):
         rows.append({**prompt, "output": tok.decode(ids[-4:]), "ended_with_eos": False})
     data = root / "instructions.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"url": url, "folder": folder, "student": _student(folder, str(root / "student")), "data": str(data), "root": root}
+    return {"url": url, "folder": folder, "student": build_student(folder, str(root / "student")), "data": str(data), "root": root}
 
 
 def _hand_teacher_metrics(folder, dataset, special):

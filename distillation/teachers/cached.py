@@ -48,6 +48,7 @@ class CachedTeacher:
         manifest_sha = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
         self.identity = f"a cache of manifest sha256 {manifest_sha[:16]}"  # the resume fingerprint's
         self.objective, self.device, self.method = objective, device, manifest["method"]
+        self.rest_as_one = manifest.get("source") == "served"  # its buckets were tempered as k + 1 tokens (teachers/served.py)
         self.sparse = self.method != "full"  # what token_losses_for needs to know
         self.rows, self.arrays = [], []
         for shard in range(manifest["shards"]):
@@ -85,7 +86,7 @@ class CachedTeacher:
         if not self.sparse:
             return cat["values"], None
         extra = {name: cat[name].float() for name in ("tail", "entropy") if name in cat}
-        return SparseTargets(self.method, cat["ids"].long(), cat["values"].float(), **extra), None
+        return SparseTargets(self.method, cat["ids"].long(), cat["values"].float(), **extra, rest_as_one=self.rest_as_one), None
 
     def prepare(self, group: list, upcoming) -> None:
         """Nothing to ask ahead: outputs computes or reads each micro-batch's when it is needed."""
