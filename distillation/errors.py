@@ -13,6 +13,8 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss on some rank); the last checkpoint is kept."""
 
 
-class TeacherUnavailable(RuntimeError):
-    """The teacher stopped answering (a served one, past its retries): the run stops at a step
-    boundary with a checkpoint, from which --resume continues once it answers again."""
+class TeacherUnavailable(TrainingStopped):
+    """The teacher stopped answering (a served one, past its retries): before a step the run
+    stops at its boundary with a checkpoint; elsewhere (evaluation, a sampled step's request) the
+    CLI says so in one line, exit code 1, and the last checkpoint is kept. Either way --resume
+    continues once it answers again."""

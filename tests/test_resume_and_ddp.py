@@ -202,7 +202,7 @@ def test_an_inf_gradient_under_a_finite_loss_never_reaches_the_weights_or_a_chec
         return torch.full_like(grad, float("inf")) if len(calls) == poisoned_step else grad
 
     distiller.model.student.classifier.weight.register_hook(poison)
-    where = "the last good checkpoint is .*checkpoint \(--resume" if poisoned_step > 1 else "no checkpoint was written yet"
+    where = r"the last good checkpoint is .*checkpoint \(--resume" if poisoned_step > 1 else "no checkpoint was written yet"
     with pytest.raises(TrainingStopped, match=f"non-finite gradient norm under a finite loss at step {poisoned_step} .*{where}"):
         distiller.train()
     assert all(torch.isfinite(p).all() for p in distiller.model.parameters())

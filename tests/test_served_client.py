@@ -191,3 +191,16 @@ def test_5xx_is_retried_with_backoff_then_raised(fake_server):
     with pytest.raises(ServerError, match="failed 3 times .*HTTP 503: overloaded"):
         client.prompt_logprobs([seq], 3)
     assert len(calls) == 3
+
+
+def test_a_teacher_lost_outside_a_step_boundary_is_one_line_and_exit_1(capsys):
+    """Evaluation's or a sampled step's request failing past its retries: the CLI says so in one
+    line (the last checkpoint is kept), no traceback."""
+    from distillation.cli import main_guard
+    from distillation.errors import TeacherUnavailable
+
+    def evaluation():
+        raise TeacherUnavailable("the teacher server at http://h:1 failed 6 times on /v1/completions")
+
+    assert main_guard(evaluation) == 1
+    assert capsys.readouterr().err == "error: the teacher server at http://h:1 failed 6 times on /v1/completions\n"
