@@ -104,14 +104,15 @@ def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path
 
 def _reverse_kl_of_buckets(s_logits, t_logits, temperature):
     """Σ KL(q‖p) over rows: p the teacher's top K and the rest at T = 1, tempered as K + 1
-    tokens; q the student's softmax at T over the same K tokens and the rest of its vocabulary."""
+    tokens; q the student's softmax at T = 1 over the same K tokens and the rest of its
+    vocabulary, tempered alike."""
     t_logp = t_logits.log_softmax(-1)
     top, ids = t_logp.topk(K, dim=-1)
     buckets = torch.cat([top, torch.log1p(-top.exp().sum(-1, keepdim=True))], -1) / temperature
     p = buckets.softmax(-1)
-    s = (s_logits / temperature).softmax(-1)
-    s_top = s.gather(-1, ids)
-    q = torch.cat([s_top, 1 - s_top.sum(-1, keepdim=True)], -1)
+    s_top = s_logits.softmax(-1).gather(-1, ids)
+    q = torch.cat([s_top, 1 - s_top.sum(-1, keepdim=True)], -1) ** (1 / temperature)
+    q = q / q.sum(-1, keepdim=True)
     return (q * (q.log() - p.log())).sum()
 
 
