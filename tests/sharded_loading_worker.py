@@ -120,3 +120,6 @@ def main(configs_path, out_path):
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    from distillation.distributed import exit_process
+
+    exit_process(0)  # a torchrun worker ends without finalizing (see exit_process)

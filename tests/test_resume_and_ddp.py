@@ -306,3 +306,17 @@ def test_more_processes_than_visible_gpus_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(InputError, match=r"2 processes on this node but 1 GPU\(s\) are visible.*--n_gpu 0"):
         init_distributed()
+
+
+def test_a_torchrun_worker_ends_without_the_interpreters_finalization(monkeypatch):
+    """gloo's worker threads may release a finished collective's tensors while Python finalizes and
+    abort the process after its work is done (distributed.exit_process): every command ends a
+    torchrun worker with os._exit, and a plain process returns its code."""
+    from distillation import cli
+
+    ended = []
+    monkeypatch.setattr(cli, "exit_process", ended.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.command(lambda argv: 3)()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.command(lambda argv: 4)() == 4 and ended == [3]

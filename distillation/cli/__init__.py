@@ -4,10 +4,12 @@ What they share: bad input is one line on stderr and exit code 2, a stopped run 
 """
 
 import argparse
+import os
 import sys
 
 import transformers
 
+from distillation.distributed import exit_process
 from distillation.errors import InputError, TrainingStopped
 
 
@@ -31,7 +33,10 @@ def command(run):
     """`run(argv)` as an entry point: `main(argv=None)` returns the exit code instead of raising."""
 
     def main(argv=None) -> int:
-        return main_guard(run, argv)
+        code = main_guard(run, argv)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # a torchrun worker: see distributed.exit_process
+            exit_process(code)
+        return code
 
     return main
 
