@@ -97,6 +97,11 @@ class DistillConfig:
                                       "log-probabilities (vLLM's prompt_logprobs), e.g. http://127.0.0.1:8000; training learns its "
                                       "top --teacher_top_k tokens and the rest's mass at each position (distillation/teachers/served.py).",
                                       "models", shown="none: the teacher runs in the loop")
+    teachers: Optional[str] = _opt(None, "Several teachers: a JSON file listing them, [{\"teacher\": model, URL or cache folder, "
+                                   "\"route\": value, \"weight\": w}, ...]; routed by --teacher_column, else their distributions mixed "
+                                   "(distillation/teachers/several.py).", "models", shown="none: one teacher")
+    teacher_column: Optional[str] = _opt(None, "--teachers: the data column naming each example's teacher (its \"route\"); each "
+                                         "example is distilled from that teacher only.", "data", shown="none: the teachers are mixed")
     teacher_served_model: Optional[str] = _opt(None, "--teacher_url: the served model's name.", "models",
                                                shown="the server's only model")
     teacher_top_k: int = _opt(20, "--teacher_url: the teacher's most likely tokens per position (at most the server's "
@@ -258,7 +263,7 @@ class DistillConfig:
         self.fp16 = self.precision == "fp16"
         self._resolve_task_alpha()
         column = OBJECTIVE_NAMES.index(self.objective)
-        if self.teacher_name is None and self.teacher_logits is None and self.teacher_url is None:  # nothing to distil: teacher losses default to 0
+        if not self.has_teacher:  # nothing to distil: teacher losses default to 0
             for name in TEACHER_LOSSES:
                 if getattr(self, name) is None:
                     setattr(self, name, 0.0)
@@ -279,7 +284,8 @@ class DistillConfig:
             self.lora_alpha = 2.0 * self.lora_r
         if self.cache_teacher_logits is None:
             self.cache_teacher_logits = (
-                self.objective == "sequence_classification" and self.teacher_name is not None and not self.uses_hidden_states
+                self.objective == "sequence_classification" and (self.teacher_name or self.teachers) is not None
+                and not self.uses_hidden_states
             )
         if self.save_best_metric and not self.save_best_metric.startswith("eval_"):
             self.save_best_metric = "eval_" + self.save_best_metric
@@ -315,6 +321,10 @@ class DistillConfig:
     # --- validation ------------------------------------------------------------------------------
     def validate(self) -> None:
         validate(self)  # config_checks.py
+
+    @property
+    def has_teacher(self) -> bool:
+        return any(x is not None for x in (self.teacher_name, self.teacher_logits, self.teacher_url, self.teachers))
 
     @property
     def uses_hidden_states(self) -> bool:

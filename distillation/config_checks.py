@@ -24,6 +24,15 @@ def check_served(cfg, need) -> None:
          f"{cfg.teacher_timeout:g}, {cfg.teacher_retries})")
 
 
+def check_several(cfg, need) -> None:
+    """--teachers: what several teachers can teach (teachers/several.py)."""
+    need(cfg.teacher_name is None and cfg.teacher_logits is None and cfg.teacher_url is None,
+         "give --teachers or one of --teacher_name, --teacher_logits and --teacher_url (the file lists every teacher)")
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate") if getattr(cfg, f)]
+    need(not unsupported, f"--teachers: --{unsupported[0] if unsupported else ''} is not available with several teachers (no one "
+         "teacher's logits, hidden states or answers to compare with); drop it")
+
+
 def validate(cfg) -> None:
     """Raise InputError on the first option that does not fit the others."""
     def need(cond, msg):
@@ -58,7 +67,10 @@ def validate(cfg) -> None:
     for name, a in alphas.items():
         need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
     need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
-    if cfg.teacher_logits is not None:
+    need(cfg.teacher_column is None or cfg.teachers is not None, "--teacher_column routes examples to the teachers of --teachers: give it")
+    if cfg.teachers is not None:
+        check_several(cfg, need)
+    elif cfg.teacher_logits is not None:
         need(cfg.teacher_name is None and cfg.teacher_url is None,
              "give one of --teacher_name, --teacher_logits and --teacher_url (a cache replaces the teacher)")
         need(cfg.objective != "mlm", "--teacher_logits: mlm re-masks every step, so its teacher logits cannot be cached")
@@ -72,7 +84,7 @@ def validate(cfg) -> None:
         used = [n for n in ("alpha_ce", "alpha_mse", "alpha_hidden_mse", "alpha_cos") if alphas[n] > 0]
         need(not used, f"--{used[0] if used else ''} {alphas.get(used[0]) if used else ''} needs a teacher: give --teacher_name, "
                        f"or drop {' '.join('--' + n for n in used)} to train on the labels only")
-    need(cfg.teacher_dtype is None or cfg.teacher_name is not None,
+    need(cfg.teacher_dtype is None or cfg.teacher_name is not None or cfg.teachers is not None,
          f"--teacher_dtype {cfg.teacher_dtype} needs --teacher_name (a --teacher_logits cache holds the values it was made with)")
     need(cfg.lora_r >= 0, f"--lora_r must be >= 0 (got {cfg.lora_r})")
     if cfg.lora_r:
@@ -99,7 +111,7 @@ def validate(cfg) -> None:
     if cfg.unlabelled_ok or cfg.unlabelled_file:
         flag = "--unlabelled_ok" if cfg.unlabelled_ok else f"--unlabelled_file {cfg.unlabelled_file}"
         need(cfg.objective == "sequence_classification", f"{flag}: only for --objective sequence_classification")
-        need(bool(cfg.teacher_name or cfg.teacher_logits or cfg.teacher_url) and cfg.alpha_ce + cfg.alpha_mse > 0,
+        need(cfg.has_teacher and cfg.alpha_ce + cfg.alpha_mse > 0,
              f"{flag}: rows without labels learn only from the teacher: give --teacher_name and --alpha_ce > 0")
         need(not cfg.validation_split, f"--validation_split: with {flag} give an --eval_file (held-out rows need labels)")
     if cfg.fp16:
@@ -116,7 +128,7 @@ def validate(cfg) -> None:
     need(cfg.layer_map == "last" or cfg.uses_hidden_states,
          f"--layer_map {cfg.layer_map} needs --alpha_cos or --alpha_hidden_mse > 0")
     if cfg.cache_teacher_logits:
-        need(cfg.teacher_name is not None, "--cache_teacher_logits needs --teacher_name")
+        need(cfg.teacher_name is not None or cfg.teachers is not None, "--cache_teacher_logits needs --teacher_name")
         need(not cfg.uses_hidden_states,
              "--cache_teacher_logits caches logits only: it cannot serve --alpha_cos/--alpha_hidden_mse")
     need(cfg.save_best_metric is not None or not cfg.early_stopping_patience,

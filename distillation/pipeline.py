@@ -23,7 +23,8 @@ from distillation.models import (
 from distillation.objectives import OBJECTIVES, build_objective
 from distillation.on_policy import check_data
 from distillation.parallel import build_strategy
-from distillation.teachers import build_teacher
+from distillation.teachers import build_teacher, several_teachers
+from distillation.teachers.several import about, member_config, read_teachers
 
 
 def run(cfg) -> dict:
@@ -53,12 +54,23 @@ def build(cfg, env):
     if cfg.save_best_metric and cfg.save_best_metric.removeprefix("eval_") not in kind.metrics:
         names = ", ".join(f"eval_{m}" for m in kind.metrics)
         raise InputError(f"--save_best_metric: {cfg.objective} has no metric '{cfg.save_best_metric}' (choose from {names})")
-    tokenizer = load_tokenizer(cfg)
-    teacher_config, student_config = load_configs(cfg)
-    cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, student_config)
-    objective = build_objective(cfg, tokenizer, teacher_config)
-    if cfg.teacher_name:
-        task_class(objective, teacher_config, "--teacher_name")
+    # One config per teacher: the run's own, or each --teachers entry's as its single-teacher run.
+    entries = read_teachers(cfg.teachers, routed=cfg.teacher_column is not None) if cfg.teachers else [None]
+    members = [member_config(cfg, e) if e else cfg for e in entries]
+    tokenizer = load_tokenizer(members[0])
+    configs = []
+    for entry, member in zip(entries, members):
+        with about(entry):
+            configs.append(load_configs(member))
+    student_config = configs[0][1]
+    cfg.max_seq_length = min(sequence_limit(m, tokenizer, t, student_config) for m, (t, _) in zip(members, configs))
+    objective = build_objective(cfg, tokenizer, configs[0][0])
+    objective.routes = {e.route: i for i, e in enumerate(entries)} if cfg.teacher_column else None
+    for entry, member, (teacher_config, _) in zip(entries, members, configs):
+        member.max_seq_length = cfg.max_seq_length
+        if member.teacher_name:
+            with about(entry):
+                task_class(objective, teacher_config, "--teacher_name")
     task_class(objective, student_config, "--student_name" if cfg.student_name else "--student_config")
     train_dataset = objective.load_dataset(cfg.data_file, "--data_file")
     check_data(cfg, train_dataset)
@@ -66,17 +78,24 @@ def build(cfg, env):
         train_dataset, eval_dataset = split_off(train_dataset, cfg.validation_split, cfg.seed)
     else:
         eval_dataset = objective.load_dataset(cfg.eval_file, "--eval_file") if cfg.eval_file else None
-    check_tokenizers(cfg, tokenizer)
     strategy = build_strategy(cfg, env)
-    teacher = load_teacher(cfg, objective, teacher_config, on_meta=strategy.loads_sharded("teacher"))
+    teachers = []
+    for entry, member, (teacher_config, _) in zip(entries, members, configs):
+        with about(entry):
+            check_tokenizers(member, tokenizer)
+            teachers.append(load_teacher(member, objective, teacher_config, on_meta=strategy.loads_sharded("teacher")))
     student, fresh = load_student(cfg, objective, train_dataset, student_config, on_meta=strategy.loads_sharded("student"))
     if cfg.lora_r:
         add_lora(student, cfg, objective.lora_trains_head)
-    check_pair(teacher, student, tokenizer)
-    for data in (train_dataset, eval_dataset):
-        if data is not None:
-            objective.check_models(teacher, student, data)
-    source = build_teacher(cfg, objective, tokenizer, teacher, strategy, train_dataset, eval_dataset, env)
+    sources = []
+    for entry, member, teacher in zip(entries, members, teachers):
+        with about(entry):
+            check_pair(teacher, student, tokenizer)
+            for data in (train_dataset, eval_dataset):
+                if data is not None:
+                    objective.check_models(teacher, student, data)
+            sources.append(build_teacher(member, objective, tokenizer, teacher, strategy, train_dataset, eval_dataset, env))
+    source = several_teachers(cfg, entries, sources, objective, strategy, train_dataset, eval_dataset) if cfg.teachers else sources[0]
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
 
 

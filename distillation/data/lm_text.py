@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from distillation.data.records import read_records
+from distillation.data.records import read_records, route_ids
 from distillation.errors import InputError
 
 ALPACA_PROMPT = (
@@ -33,8 +33,9 @@ class TokenSequences(Dataset):
     """Items `{"input_ids": list, "prompt_len": int, "index": i}`; `lengths` for the sampler."""
 
     def __init__(self, input_ids: List[List[int]], prompt_lens: List[int], unk_id: Optional[int], dropped: int = 0,
-                 unit: str = "examples", read: str = ""):
+                 unit: str = "examples", read: str = "", routes: Optional[List[int]] = None):
         self.input_ids, self.prompt_lens = input_ids, prompt_lens
+        self.routes = routes  # each example's teacher (--teacher_column), or None
         self.unit, self.read = unit, read  # for the run's header: what an item is, what the file held
         self.dropped = dropped  # records left out (the run's header says how many and why)
         # Share of the targets the tokenizer could not read (the header warns when it is high).
@@ -75,7 +76,8 @@ def encode_prompts(records: List[Tuple[str, str]], tokenizer, template: Optional
     return [row[:-1] if row and row[-1] in trailing and not chat else row for row in ids]
 
 
-def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str]) -> TokenSequences:
+def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str],
+                      routes: Optional[tuple] = None) -> TokenSequences:
     """Instruction records -> prompt + response + eos ids, truncated to `max_len`; records whose
     prompt leaves no room for a response token are dropped. Every record needs a string
     `instruction` and `output`; `input` may be missing, null or a string. A record whose
@@ -94,18 +96,21 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
         outputs.append(records.column(i, "output", "output field"))
         ended.append("ended_with_eos" not in record or records.column(i, "ended_with_eos", "ended_with_eos field", kinds=(bool,)))
         prompts.append((instruction, extra or ""))
+    teachers = route_ids(records, *routes) if routes else [None] * len(records)  # --teacher_column
     prompt_ids = encode_prompts(prompts, tokenizer, template)
     responses = tokenizer(outputs, add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    input_ids, prompt_lens = [], []
-    for prompt, response, end in zip(prompt_ids, responses, ended):
+    input_ids, prompt_lens, kept_routes = [], [], []
+    for prompt, response, end, route in zip(prompt_ids, responses, ended, teachers):
         if len(prompt) >= max_len:
             continue
         input_ids.append((prompt + response + eos * end)[:max_len])
         prompt_lens.append(len(prompt))
+        kept_routes.append(route)
     if not input_ids:
         raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
-    return TokenSequences(input_ids, prompt_lens, tokenizer.unk_token_id, dropped=len(records) - len(input_ids))
+    return TokenSequences(input_ids, prompt_lens, tokenizer.unk_token_id, dropped=len(records) - len(input_ids),
+                          routes=kept_routes if routes else None)
 
 
 def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines: int = 10000) -> TokenSequences:

@@ -158,5 +158,17 @@ def _read_hf_dataset(path: str, flag: str) -> Records:
     return Records(data.to_list(), path, flag, "row")
 
 
+def route_ids(records: Records, column: str, routes: dict) -> List[int]:
+    """Each record's teacher (--teacher_column) as its index in `routes` {route: index}."""
+    ids = []
+    for i in range(len(records)):
+        value = records.column(i, column, "--teacher_column", kinds=(str, int))
+        if str(value) not in routes:
+            raise records.error(i, f"--teacher_column '{column}' is {json.dumps(value)}, not a route of --teachers "
+                                   f"({', '.join(sorted(routes))})")
+        ids.append(routes[str(value)])
+    return ids
+
+
 def is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -15,6 +15,8 @@ class Subset(Dataset):
     def __init__(self, dataset, indices: List[int]):
         self.dataset, self.indices = dataset, indices
         self.lengths = [dataset.lengths[i] for i in indices]
+        if getattr(dataset, "routes", None) is not None:  # --teacher_column
+            self.routes = [dataset.routes[i] for i in indices]
         for attr in ("num_labels", "label2id", "unit"):  # what objectives and the run's header read off a dataset
             if hasattr(dataset, attr):
                 setattr(self, attr, getattr(dataset, attr))

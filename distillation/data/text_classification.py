@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 from torch.utils.data import Dataset
 
-from distillation.data.records import Records, read_records
+from distillation.data.records import Records, read_records, route_ids
 from distillation.errors import InputError
 
 UNLABELLED = -100  # the label of a row without one: cross-entropy's ignore_index
@@ -25,8 +25,10 @@ UNLABELLED = -100  # the label of a row without one: cross-entropy's ignore_inde
 class TextClassificationDataset(Dataset):
     """Tokenised examples. `label2id` is None when the labels are unnamed integer ids."""
 
-    def __init__(self, encodings: Dict[str, List[List[int]]], labels: List[int], label2id: Optional[Dict[str, int]], num_labels: int):
+    def __init__(self, encodings: Dict[str, List[List[int]]], labels: List[int], label2id: Optional[Dict[str, int]], num_labels: int,
+                 routes: Optional[List[int]] = None):
         self.encodings = encodings
+        self.routes = routes  # each example's teacher (--teacher_column), or None
         self.labels = labels
         self.label2id = label2id
         self.num_labels = num_labels
@@ -36,7 +38,8 @@ class TextClassificationDataset(Dataset):
     def extended(self, other: "TextClassificationDataset") -> "TextClassificationDataset":
         """This data followed by `other`'s rows (unlabelled texts: --unlabelled_file)."""
         encodings = {k: v + other.encodings[k] for k, v in self.encodings.items()}
-        return TextClassificationDataset(encodings, self.labels + other.labels, self.label2id, self.num_labels)
+        routes = self.routes + other.routes if self.routes is not None else None
+        return TextClassificationDataset(encodings, self.labels + other.labels, self.label2id, self.num_labels, routes)
 
     def __len__(self):
         return len(self.labels)
@@ -57,9 +60,10 @@ class LabelSpace:
 
 
 def load_text_classification(path: str, flag: str, tokenizer, text_column: str, label_column: Optional[str], max_seq_length: int,
-                             text_pair_column: Optional[str], space: LabelSpace, unlabelled_ok: bool = False) -> TextClassificationDataset:
+                             text_pair_column: Optional[str], space: LabelSpace, unlabelled_ok: bool = False,
+                             routes: Optional[tuple] = None) -> TextClassificationDataset:
     """Read `path`, check every row, tokenise. The labels must fit `space`; `label_column` None:
-    texts only, every row unlabelled."""
+    texts only, every row unlabelled. `routes` (--teacher_column, {route: teacher}): each row's teacher."""
     records = read_records(path, flag)
     texts = [records.column(i, text_column, "--text_column") for i in range(len(records))]
     pairs = [records.column(i, text_pair_column, "--text_pair_column") for i in range(len(records))] if text_pair_column else None
@@ -69,7 +73,8 @@ def load_text_classification(path: str, flag: str, tokenizer, text_column: str, 
         labels, label2id, num_labels = _label_ids(records, label_column, space, unlabelled_ok)
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_seq_length)
     keep = [k for k in ("input_ids", "token_type_ids") if k in enc]
-    return TextClassificationDataset({k: enc[k] for k in keep}, labels, label2id, num_labels)
+    teachers = route_ids(records, *routes) if routes else None
+    return TextClassificationDataset({k: enc[k] for k in keep}, labels, label2id, num_labels, teachers)
 
 
 def _label_ids(records: Records, column: str, space: LabelSpace, unlabelled_ok: bool):

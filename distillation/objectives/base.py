@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distillation.config import DistillConfig
+from distillation.errors import InputError
 
 Batch = Dict[str, torch.Tensor]
 
@@ -42,6 +43,9 @@ class Objective(ABC):
     # --lora_r: whether the task head (the parameters outside the base model) trains beside the
     # adapters: a classifier's is small and task-specific; an LM head is the vocabulary, frozen.
     lora_trains_head: bool = False
+    # --teacher_column: {route: teacher index} of --teachers, set by the pipeline before any
+    # data is read (the datasets keep each example's teacher as `routes`); None: one teacher, or mixed.
+    routes: Optional[Dict[str, int]] = None
 
     def __init__(self, cfg: DistillConfig, tokenizer, teacher_config=None):
         """`teacher_config`: the teacher's config (None without a teacher), for what it fixes (e.g. labels)."""
@@ -49,6 +53,17 @@ class Objective(ABC):
         self.tokenizer = tokenizer
 
     # --- data -----------------------------------------------------------------------------
+    @property
+    def route_column(self) -> Optional[tuple]:
+        """(--teacher_column, {route: teacher}) for a loader of records, or None."""
+        return (self.cfg.teacher_column, self.routes) if self.routes is not None else None
+
+    def no_routes(self, path: str, flag: str) -> None:
+        """Data without columns cannot name each example's teacher."""
+        if self.routes is not None:
+            raise InputError(f"--teacher_column: {flag} '{path}' has no columns (token blocks or sequences); give records "
+                             "(jsonl, json, csv, tsv) with that column, or mix the teachers (drop --teacher_column)")
+
     @abstractmethod
     def load_dataset(self, path: str, flag: str) -> Dataset:
         """Read `path` (given by CLI flag `flag`, named in errors). The dataset must expose

@@ -47,7 +47,7 @@ class SequenceClassification(Objective):
 
     def _read(self, path, flag, label_column, unlabelled_ok):
         return load_text_classification(path, flag, self.tokenizer, self.cfg.text_column, label_column, self.cfg.max_seq_length,
-                                        self.cfg.text_pair_column, self.space, unlabelled_ok)
+                                        self.cfg.text_pair_column, self.space, unlabelled_ok, self.route_column)
 
     def collate(self, examples):
         return collate_classification(examples, self.tokenizer.pad_token_id or 0)

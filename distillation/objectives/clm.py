@@ -49,11 +49,11 @@ class CausalLM(Objective):
 
     def load_dataset(self, path, flag):
         max_len = self.cfg.max_seq_length
-        if is_binarized_path(path):
-            return load_lm_sequences(path, flag, self.tokenizer, max_len)
-        if path.endswith(".txt"):
-            return load_text_blocks(path, flag, self.tokenizer, max_len)
-        return load_instructions(path, flag, self.tokenizer, max_len, self.cfg.prompt_template)
+        if is_binarized_path(path) or path.endswith(".txt"):
+            self.no_routes(path, flag)
+            load = load_lm_sequences if is_binarized_path(path) else load_text_blocks
+            return load(path, flag, self.tokenizer, max_len)
+        return load_instructions(path, flag, self.tokenizer, max_len, self.cfg.prompt_template, self.route_column)
 
     def collate(self, examples):
         return collate_lm(examples, self.tokenizer.pad_token_id, with_labels=True)

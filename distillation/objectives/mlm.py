@@ -129,6 +129,7 @@ class MaskedLM(Objective):
         self._on_device = {}
 
     def load_dataset(self, path, flag):
+        self.no_routes(path, flag)
         return load_lm_sequences(path, flag, self.tokenizer, self.cfg.max_seq_length)
 
     def collate(self, examples):

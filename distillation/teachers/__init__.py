@@ -6,6 +6,7 @@
   no model in training memory.
 - served (served.py, --teacher_url URL): the teacher on its own inference server (vLLM), asked
   for its top-k log-probabilities at every position of each micro-batch.
+- several (several.py, --teachers FILE): teachers of those kinds, routed per example or mixed.
 
 The Distiller, evaluation and the cache pass call only this interface and never ask which kind
 they hold:
@@ -29,10 +30,13 @@ they hold:
     sparse                  outputs are SparseTargets (top-k or draws), not logits
 """
 
+import torch
+
 from distillation.models import model_identity
 from distillation.teachers.cached import CachedTeacher, cached_teacher
 from distillation.teachers.local import LocalTeacher
 from distillation.teachers.served import ServedTeacher, served_teacher
+from distillation.teachers.several import SeveralTeachers
 
 
 def build_teacher(cfg, objective, tokenizer, model, strategy, train_dataset, eval_dataset, env):
@@ -48,4 +52,12 @@ def build_teacher(cfg, objective, tokenizer, model, strategy, train_dataset, eva
                         may_cache=not strategy.shards_teacher, identity=model_identity(placed) if model is not None else None)
 
 
-__all__ = ["CachedTeacher", "LocalTeacher", "ServedTeacher", "build_teacher"]
+def several_teachers(cfg, entries, members, objective, strategy, train_dataset, eval_dataset) -> SeveralTeachers:
+    """The --teachers teachers, routed by the datasets' `routes` (--teacher_column) or mixed."""
+    routes = None
+    if cfg.teacher_column:
+        routes = {split: torch.tensor(data.routes) for split, data in (("train", train_dataset), ("eval", eval_dataset)) if data is not None}
+    return SeveralTeachers(entries, members, objective, routes, cfg.temperature, collective=strategy.shards_teacher)
+
+
+__all__ = ["CachedTeacher", "LocalTeacher", "ServedTeacher", "SeveralTeachers", "build_teacher", "several_teachers"]

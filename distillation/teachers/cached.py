@@ -50,6 +50,7 @@ class CachedTeacher:
         self.objective, self.device, self.method = objective, device, manifest["method"]
         self.rest_as_one = manifest.get("source") == "served"  # its buckets were tempered as k + 1 tokens (teachers/served.py)
         self.sparse = self.method != "full"  # what token_losses_for needs to know
+        self.form = "logits" if not self.sparse else f"{kept} ({'served' if self.rest_as_one else 'local'})"
         self.rows, self.arrays = [], []
         for shard in range(manifest["shards"]):
             stem = shard_stem(folder, shard)

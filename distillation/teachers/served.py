@@ -177,6 +177,7 @@ class ServedTeacher:
     def __init__(self, client: ServedModel, objective, cfg, device, identity: str):
         self.client, self.objective, self.device, self.identity = client, objective, device, identity
         self.k, self.temperature, self.prefetch = cfg.teacher_top_k, cfg.temperature, cfg.teacher_prefetch
+        self.form = f"top {self.k} and the rest's mass (served)"  # as a --teacher_url cache's: several routed teachers may mix them
         self.description = (f"served at {client.url} ({client.model!r}): its top {self.k} and the rest's mass a position, "
                             f"asked for each micro-batch{', the next step ahead' if self.prefetch else ''}; evaluation scores "
                             "the teacher from them too")
