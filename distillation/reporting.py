@@ -192,7 +192,8 @@ def run_header(d, fresh_weights) -> list:
                      "than fp32 here")
     for name, data in (("--data_file", d.train_dataset), ("--eval_file", d.eval_dataset)):
         if getattr(data, "dropped", 0):
-            lines.append(f"{name}: {data.dropped} record(s) left out: their prompt fills --max_seq_length {cfg.max_seq_length}")
+            why = getattr(data, "dropped_why", None) or f"their prompt fills --max_seq_length {cfg.max_seq_length}"
+            lines.append(f"{name}: {data.dropped} record(s) left out: {why}")
         if getattr(data, "unknown_share", 0) > 0.01:
             lines.append(f"warning: {100 * data.unknown_share:.1f}% of the {name} targets are the unknown token: the tokenizer "
                          "does not know this text (is --tokenizer_name the right one?)")

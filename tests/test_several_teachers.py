@@ -169,6 +169,7 @@ def causal(tmp_path_factory):
     lines = sentences(48, seed=3)
     pair["data"] = write_jsonl(str(root / "train.jsonl"), [
         {"instruction": a, "output": b, "domain": "b" if i % 3 == 0 else "a"} for i, (a, b) in enumerate(zip(lines[::2], lines[1::2]))])
+    pair["text"] = write_jsonl(str(root / "text.jsonl"), [{"text": line, "domain": "b" if i % 3 == 0 else "a"} for i, line in enumerate(lines)])
     pair["caches"] = {}
     for name in ("teacher", "other"):
         from distillation.cli.cache_teacher import main as cache_main
@@ -183,12 +184,12 @@ def causal(tmp_path_factory):
     return pair
 
 
-def _causal_terms(pair, dump, rows, **teacher):
+def _causal_terms(pair, dump, rows, data="data", **teacher):
     from distillation.config import DistillConfig
     from distillation.distributed import DistEnv
     from distillation.pipeline import build
 
-    values = {"objective": "clm", "student_name": pair["student"], "data_file": pair["data"], "dump_path": str(dump),
+    values = {"objective": "clm", "student_name": pair["student"], "data_file": pair[data], "dump_path": str(dump),
               "max_seq_length": 64, "alpha_ce": 0.5, "alpha_task": 0.5, "temperature": 2.0, **teacher}
     distiller, _ = build(DistillConfig.from_dict(values), DistEnv())
     data = distiller.train_dataset
@@ -197,19 +198,33 @@ def _causal_terms(pair, dump, rows, **teacher):
         return {k: float(v) for k, v in distiller._loss_terms(batch).items()}
 
 
-@pytest.mark.parametrize("kind", ["local", "cached"])
-def test_routed_language_models_local_or_cached(causal, tmp_path, kind):
-    """clm, [B, S, V] logits (local) or top-k targets per position (cached): routed equals
-    each domain's examples with its teacher alone."""
+@pytest.mark.parametrize("kind,data", [("local", "data"), ("cached", "data"), ("local", "text")])
+def test_routed_language_models_local_or_cached(causal, tmp_path, kind, data):
+    """clm, [B, S, V] logits (local) or top-k targets per position (cached), on instruction or
+    text records: routed equals each domain's examples with its teacher alone."""
     rows = list(range(12))
     a, b = [i for i in rows if i % 3], [i for i in rows if i % 3 == 0]
     flag = "teacher_name" if kind == "local" else "teacher_logits"
     alone = {"teacher": (causal["teacher"], causal["caches"]["teacher"]), "other": (causal["other"], causal["caches"]["other"])}
     pick = 0 if kind == "local" else 1
-    routed = _causal_terms(causal, tmp_path / "r", rows, teachers=causal[kind], teacher_column="domain")
-    alone_a = _causal_terms(causal, tmp_path / "a", a, **{flag: alone["teacher"][pick]})
-    alone_b = _causal_terms(causal, tmp_path / "b", b, **{flag: alone["other"][pick]})
+    routed = _causal_terms(causal, tmp_path / "r", rows, data, teachers=causal[kind], teacher_column="domain")
+    alone_a = _causal_terms(causal, tmp_path / "a", a, data, **{flag: alone["teacher"][pick]})
+    alone_b = _causal_terms(causal, tmp_path / "b", b, data, **{flag: alone["other"][pick]})
     for term in ("ce", "task"):
         assert routed[term] == pytest.approx(alone_a[term] + alone_b[term], rel=1e-5), term
-    everything_a = _causal_terms(causal, tmp_path / "all", rows, **{flag: alone["teacher"][pick]})
+    everything_a = _causal_terms(causal, tmp_path / "all", rows, data, **{flag: alone["teacher"][pick]})
     assert abs(everything_a["ce"] - routed["ce"]) > 1e-3 * routed["ce"]
+
+
+def test_text_records_are_each_one_sequence_learned_whole(causal):
+    """{"text": ...} records: the tokenizer's own special tokens, the text, one EOS; every token a target."""
+    from lm_helpers import config, objective_for
+
+    cfg = config(objective="clm", student_name=causal["student"])
+    objective = objective_for(cfg)
+    data = objective.load_dataset(causal["text"], "--data_file")
+    tok = objective.tokenizer
+    first = json.loads(open(causal["text"]).readline())["text"]
+    assert tok(first)["input_ids"][-1] != tok.eos_token_id  # this tokenizer adds no special tokens: the EOS is the loader's
+    assert data[0]["input_ids"] == tok(first)["input_ids"] + [tok.eos_token_id]
+    assert data[0]["prompt_len"] == 0 and len(data) == 48 and data.routes is None

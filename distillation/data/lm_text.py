@@ -1,5 +1,6 @@
 """Causal-LM data that is not binarized: instruction records and raw text files.
 
+Text records (JSON/JSONL/CSV/TSV with a `text` field) are each one sequence, learned whole.
 Instruction records (JSON/JSONL/CSV/TSV with `instruction`, optional `input`, `output`,
 Alpaca's layout) are rendered by --prompt_template, else the tokenizer's chat template when
 it has one, else Alpaca's template. Prompt and response are tokenised separately so the
@@ -38,6 +39,7 @@ class TokenSequences(Dataset):
         self.routes = routes  # each example's teacher (--teacher_column), or None
         self.unit, self.read = unit, read  # for the run's header: what an item is, what the file held
         self.dropped = dropped  # records left out (the run's header says how many and why)
+        self.dropped_why = "shorter than 2 tokens" if unit == "text records" else None  # else: prompts too long
         # Share of the targets the tokenizer could not read (the header warns when it is high).
         targets = [t for ids, n in zip(input_ids, prompt_lens) for t in ids[n:]]
         self.unknown_share = sum(t == unk_id for t in targets) / max(len(targets), 1) if unk_id is not None else 0.0
@@ -86,9 +88,11 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
     tokenizer's, whichever of generation.stop_ids ended the writer's answer (the text holds none
     of them), so every record ends the way the student is taught to end."""
     records = read_records(path, flag)
+    if "text" in records[0] and "instruction" not in records[0]:
+        return _text_records(records, tokenizer, max_len, routes)
     if "instruction" not in records[0] or "output" not in records[0]:
         raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
-                               "instruction/input/output records, a .txt file or a binarized dataset")
+                               "instruction/input/output records, text records, a .txt file or a binarized dataset")
     prompts, outputs, ended = [], [], []
     for i, record in enumerate(records):
         instruction = records.column(i, "instruction", "instruction field")
@@ -111,6 +115,25 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
         raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
     return TokenSequences(input_ids, prompt_lens, tokenizer.unk_token_id, dropped=len(records) - len(input_ids),
                           routes=kept_routes if routes else None)
+
+
+def _text_records(records, tokenizer, max_len: int, routes: Optional[tuple]) -> TokenSequences:
+    """Records of a `text` field, each one sequence learned whole (the tokenizer's leading special
+    tokens, then the text and EOS, truncated to `max_len`): documents kept apart, e.g. to route
+    each one to its domain's teacher (--teacher_column)."""
+    texts = [records.column(i, "text", "text field") for i in range(len(records))]
+    teachers = route_ids(records, *routes) if routes else [None] * len(records)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
+    kept = []
+    for ids, route in zip(tokenizer(texts)["input_ids"], teachers):
+        ids = (ids[:-1] if ids and ids[-1] in trailing else ids) + eos  # one EOS, whatever the tokenizer appends
+        if len(ids[:max_len]) >= 2:  # one token predicts nothing
+            kept.append((ids[:max_len], route))
+    if not kept:
+        raise InputError(f"{records.flag}: '{records.path}' has no text record of 2 tokens or more")
+    return TokenSequences([ids for ids, _ in kept], [0] * len(kept), tokenizer.unk_token_id, dropped=len(records) - len(kept),
+                          unit="text records", routes=[r for _, r in kept] if routes else None)
 
 
 def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines: int = 10000) -> TokenSequences:
