@@ -235,7 +235,7 @@ EVALUATE_ONLY = """
 import json, sys
 sys.path.insert(0, {root!r})
 from distillation.cli.options import config_from_cli
-from distillation.distributed import init_distributed, shutdown
+from distillation.distributed import exit_process, init_distributed, shutdown
 from distillation.evaluation import evaluate
 from distillation.pipeline import build
 
@@ -247,6 +247,7 @@ again = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, cfg.eval_batch
 if env.is_main:
     print(json.dumps([first, again]))
 shutdown(env)
+exit_process(0)  # a torchrun worker ends without finalizing (distributed.exit_process)
 """
 
 

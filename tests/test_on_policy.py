@@ -124,7 +124,7 @@ SAMPLE_METRICS = """
 import json, sys
 sys.path.insert(0, {root!r})
 from distillation.cli.options import config_from_cli
-from distillation.distributed import init_distributed, shutdown
+from distillation.distributed import exit_process, init_distributed, shutdown
 from distillation.pipeline import build
 
 cfg = config_from_cli(sys.argv[1:])
@@ -135,6 +135,7 @@ again = d.on_policy.sample_metrics(d.eval_prompts, d.model, d.teacher, env)
 if env.is_main:
     print(json.dumps([first, again]))
 shutdown(env)
+exit_process(0)  # a torchrun worker ends without finalizing (distributed.exit_process)
 """
 
 
