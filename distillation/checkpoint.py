@@ -48,7 +48,7 @@ SETTINGS = ("batch_size", "learning_rate", "warmup_prop", "weight_decay", "max_g
             "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 # Fingerprint keys computed from the run -> the flags that set them (objective and shapes have their own lines).
 # (--unlabelled_file before --data_file, whose count includes its rows: the one that changed is named)
-DERIVED = {"teacher": "--teacher_name/--teacher_logits/--teacher_url", "unlabelled_data": "--unlabelled_file", "data": "--data_file",
+DERIVED = {"teacher": "--teacher_name/--teacher_logits/--teacher_url/--teachers (and --teacher_column)", "unlabelled_data": "--unlabelled_file", "data": "--data_file",
            "token_ids": "tokenizer (--tokenizer_name/--student_name and its chat template)", "eval_data": "--eval_file",
            "token_counts": "--token_counts", "global_batch": "--batch_size x processes x --gradient_accumulation_steps",
            "total_steps": "--n_epoch/--max_steps"}

@@ -278,7 +278,7 @@ class DistillConfig:
             self.divergence_beta = DIVERGENCES[self.divergence][1]
         if self.eval_batch_size is None:
             self.eval_batch_size = 2 * self.batch_size
-        if self.teacher_dtype is None and self.teacher_name is not None:
+        if self.teacher_dtype is None and (self.teacher_name or self.teachers) is not None:
             self.teacher_dtype = self.precision
         if self.lora_alpha is None and self.lora_r:
             self.lora_alpha = 2.0 * self.lora_r

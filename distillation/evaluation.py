@@ -35,15 +35,27 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
         with autocast():
             s_out, _ = model(objective.model_inputs(batch), logits=logits)
             t_out, _ = teacher.outputs(batch, split="eval", logits=logits)
+            # Several teachers: each one alone on every example too (a sharded one runs on every rank)
+            alone = [member.outputs(batch, split="eval", logits=logits)[0] for member in teacher.members]
             if i < len(mine):  # under autocast: lm.HeadRows apply the LM heads in eval_batch
                 s_out, t_out = model.token_losses.eval_outputs(s_out, t_out)
                 for k, v in objective.eval_batch(_float(s_out), _float(t_out), batch).items():
                     stats.setdefault(k, []).append(v)
+                for j, out in enumerate(alone):
+                    if isinstance(out, torch.Tensor):  # logits; a cache has none at evaluation
+                        for k, v in objective.eval_batch(_float(s_out), _float(out), batch).items():
+                            if k.startswith("teacher_"):
+                                stats.setdefault(f"{j + 1}:{k}", []).append(v)
     local = {k: torch.cat(v) for k, v in stats.items()}
     gathered = all_gather_objects(local, env)
     merged = {k: torch.cat([g[k] for g in gathered if k in g]) for k in set().union(*gathered)}
     model.train(was_training)
-    return {f"eval_{k}": v for k, v in objective.eval_metrics(merged).items()}
+    metrics = objective.eval_metrics({k: v for k, v in merged.items() if ":" not in k})
+    for j in sorted({k.split(":")[0] for k in merged if ":" in k}):  # teacher j alone: eval_teacher<j>_*
+        own = {k.split(":", 1)[1]: v for k, v in merged.items() if k.startswith(f"{j}:")}
+        alone = objective.eval_metrics({**{k: v for k, v in merged.items() if ":" not in k and not k.startswith("teacher_")}, **own})
+        metrics.update({f"teacher{j}_{k.removeprefix('teacher_')}": v for k, v in alone.items() if k.startswith("teacher_")})
+    return {f"eval_{k}": v for k, v in metrics.items()}
 
 
 def _float(out):

@@ -13,6 +13,7 @@ Per process, on N processes:
   the compute dtype (a = 2 under bf16/fp16, 4 in fp32) and, in fp32, both log-probabilities, the
   divergence's terms and the student logits' gradient. --loss_chunk_rows holds that for one
   chunk of rows (plus the final hidden states of both models, 2·a bytes a width a row).
+Several teachers (--teachers): a teacher row each, the local ones' parameters side by side.
 Activations are not counted (they depend on attention kernels, checkpointing and sequence
 length): the plan is a floor, exact for the first four lines (parameter counts read off the
 models, or off their configs on the meta device) and an estimate for the logits.
@@ -34,6 +35,7 @@ class Plan:
     gradients: float
     adamw: float
     logits: float
+    teachers: tuple = ()  # several teachers: (name, bytes) of each, summing to `teacher`
 
     @property
     def total(self) -> float:
@@ -43,6 +45,9 @@ class Plan:
         """One line for a run's header."""
         names = ("teacher", "student", "gradients", "adamw", "logits")
         parts = ", ".join(f"{'AdamW' if name == 'adamw' else name} {size(getattr(self, name))}" for name in names)
+        if self.teachers:
+            parts = parts.replace(f"teacher {size(self.teacher)}", f"teachers {size(self.teacher)} ("
+                                  + ", ".join(f"{name} {size(n)}" for name, n in self.teachers) + ")", 1)
         return f"memory plan per process (activations not counted): {parts}; total {size(self.total)}"
 
 
@@ -84,13 +89,21 @@ def plan_of_run(d) -> Plan:
     columns = d.objective.columns or student.config.num_labels
     rows = cfg.batch_size * (cfg.max_seq_length if d.objective.columns else 1)
     hidden = (student.config.hidden_size, teacher.config.hidden_size if teacher is not None else 0)
-    return memory_plan(
+    plan = memory_plan(
         teacher_params=d.teacher.parameters() or 0, teacher_dtype=cfg.teacher_dtype or "fp32",
         student_params=sum(p.numel() for p in d.model.parameters()),
         trained_params=sum(p.numel() for p in d.model.parameters() if p.requires_grad),
         world_size=d.env.world_size, shard_student=d.strategy.sharded, shard_teacher=d.strategy.shards_teacher,
         precision=cfg.precision, logit_rows=rows, columns=columns, chunk_rows=cfg.loss_chunk_rows, hidden_sizes=hidden,
         teacher_root_params=root_parameters(teacher) if teacher is not None else 0)
+    if d.teacher.members:  # several teachers side by side: a row each (a served or cached one holds none)
+        bytes_of = [memory_plan(m.parameters() or 0, cfg.teacher_dtype or "fp32", 0, 0, d.env.world_size, False,
+                                d.strategy.shards_teacher, cfg.precision, 0, 0,
+                                teacher_root_params=root_parameters(m.model) if m.model is not None else 0).teacher
+                    for m in d.teacher.members]
+        plan.teachers = tuple((f"teacher {i + 1}", b) for i, b in enumerate(bytes_of))
+        plan.teacher = sum(bytes_of)
+    return plan
 
 
 def root_parameters(model) -> int:

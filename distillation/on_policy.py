@@ -180,8 +180,9 @@ def check_config(cfg, need) -> None:
         need(cfg.objective == "clm", f"{flag}: only for --objective clm (instruction data: the student answers its prompts)")
         need(cfg.teacher_logits is None, f"{flag}: the teacher must score the student's new samples, which a --teacher_logits "
              "cache cannot; give --teacher_name or --teacher_url")
-        need(bool(cfg.teacher_name or cfg.teacher_url) and cfg.alpha_ce > 0, f"{flag}: needs --teacher_name (or --teacher_url) and "
-             "--alpha_ce > 0 (the student learns its own samples from the teacher)")
+        need(bool(cfg.teacher_name or cfg.teacher_url or cfg.teachers) and cfg.alpha_ce > 0,
+             f"{flag}: needs --teacher_name (or --teacher_url, --teachers) and --alpha_ce > 0 (the student learns its own "
+             "samples from the teacher)")
         need(not cfg.uses_hidden_states, f"{flag}: not with --alpha_hidden_mse/--alpha_cos (hidden states of sampled text)")
     if cfg.eval_generate:
         flag = f"--eval_generate {cfg.eval_generate}"

@@ -228,3 +228,77 @@ def test_text_records_are_each_one_sequence_learned_whole(causal):
     assert tok(first)["input_ids"][-1] != tok.eos_token_id  # this tokenizer adds no special tokens: the EOS is the loader's
     assert data[0]["input_ids"] == tok(first)["input_ids"] + [tok.eos_token_id]
     assert data[0]["prompt_len"] == 0 and len(data) == 48 and data.routes is None
+
+
+def test_evaluation_scores_each_teacher_alone_as_its_own_run_does(assets, several, tmp_path):
+    """eval_teacher<i>_* of a run with several teachers are what a run with teacher i alone
+    reports as eval_teacher_*."""
+    from distillation.evaluation import evaluate
+
+    def metrics(**teacher):
+        d, _, _ = build_distiller(assets, tmp_path / str(len(os.listdir(tmp_path))), eval_file=several["test"], **teacher)
+        return evaluate(d.model, d.teacher, d.objective, d.eval_dataset, 8, d.env, d.autocast, 0)
+
+    both = metrics(teacher_name=None, teachers=several["routed"], teacher_column="domain", data_file=several["train"])
+    for i, name in ((1, assets["teacher"]), (2, several["other"])):
+        alone = metrics(teacher_name=name)
+        own = {k.replace("eval_teacher_", ""): v for k, v in alone.items() if k.startswith("eval_teacher_")}
+        assert own and {k: both[f"eval_teacher{i}_{k}"] for k in own} == pytest.approx(own, rel=1e-6)
+    assert both["eval_teacher1_accuracy"] != both["eval_teacher2_accuracy"]  # two teachers that disagree
+
+
+def test_the_memory_plan_has_a_row_for_each_teacher(assets, several, tmp_path):
+    """fp32 teachers side by side: 4 bytes a parameter of each, counted off the saved models."""
+    from distillation.memory_plan import plan_of_run
+
+    d, _, _ = build_distiller(assets, tmp_path / "run", teacher_name=None, teachers=several["routed"], teacher_column="domain",
+                              data_file=several["train"])
+    plan = plan_of_run(d)
+    counts = [sum(p.numel() for p in BertForSequenceClassification.from_pretrained(t).parameters())
+              for t in (assets["teacher"], several["other"])]
+    assert [b for _, b in plan.teachers] == [4 * n for n in counts] and plan.teacher == 4 * sum(counts)
+    assert "teachers " in plan.line() and "teacher 2 " in plan.line()
+
+
+def test_an_on_policy_sample_is_scored_by_its_routes_teacher(causal, tmp_path):
+    """The student's own answers keep their examples' routes: each row's targets are its
+    route's teacher's logits on the sampled tokens."""
+    from transformers import LlamaForCausalLM
+
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    values = {"objective": "clm", "student_name": causal["student"], "data_file": causal["data"], "dump_path": str(tmp_path / "r"),
+              "max_seq_length": 64, "teachers": causal["local"], "teacher_column": "domain", "on_policy_fraction": 1.0,
+              "max_new_tokens": 8}
+    d, _ = build(DistillConfig.from_dict(values), DistEnv())
+    rows = list(range(6))
+    torch.manual_seed(0)
+    batch = d.on_policy.sample(d.objective.prepare_batch(d.objective.collate([d.train_dataset[i] for i in rows])), d.model)
+    targets, _ = d.teacher.outputs(batch)
+    for name, mine in (("teacher", [i for i in rows if i % 3]), ("other", [i for i in rows if i % 3 == 0])):
+        with torch.no_grad():
+            own = LlamaForCausalLM.from_pretrained(causal[name]).eval()(
+                input_ids=batch["input_ids"][mine], attention_mask=batch["attention_mask"][mine]).logits
+        assert torch.allclose(targets[mine], own, atol=1e-5), name
+
+
+def test_resume_refuses_other_routes_or_weights(assets, several, tmp_path, capsys):
+    """The fingerprint holds every teacher with its route (and the column) or weight."""
+    dump = tmp_path / "run"
+    args = without_teacher_name(train_args(assets, dump, "--teachers", several["routed"], "--teacher_column", "domain",
+                                           "--data_file", several["train"], "--eval_file", several["test"], "--max_steps", 2,
+                                           "--checkpoint_interval", 1))
+    assert train_in_process([str(a) for a in args]) == 0
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps([{**e, "route": {"a": "b", "b": "a"}[e["route"]]} for e in json.loads(open(several["routed"]).read())]))
+    resume = [str(a) for a in args] + ["--resume"]
+    before = {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)}
+    for flag, value, expect in (("--teachers", str(swapped), "another teacher"), ("--teacher_column", "label", "not a route")):
+        i = resume.index(flag)
+        capsys.readouterr()
+        assert train_in_process(resume[:i + 1] + [value] + resume[i + 2:]) == 2
+        err = capsys.readouterr().err
+        assert expect in err, err
+    assert {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)} == before

@@ -23,6 +23,7 @@ they hold:
     next_token_logprobs(sequence) -> [L - 1]   and   drawing(on_policy) -> draw context
                             --eval_generate (local and served only): the teacher's NLL of the
                             student's answers, and its own answers (on_policy.OnPolicy.drawing)
+    members                 the teachers of several (each scored alone at evaluation), else ()
     model                   the module, where there is one in memory (hidden-state losses,
                             chunked losses, generation), else None
     identity                what the resume fingerprint compares
@@ -57,7 +58,8 @@ def several_teachers(cfg, entries, members, objective, strategy, train_dataset, 
     routes = None
     if cfg.teacher_column:
         routes = {split: torch.tensor(data.routes) for split, data in (("train", train_dataset), ("eval", eval_dataset)) if data is not None}
-    return SeveralTeachers(entries, members, objective, routes, cfg.temperature, collective=strategy.shards_teacher)
+    return SeveralTeachers(entries, members, objective, routes, cfg.temperature, collective=strategy.shards_teacher,
+                           column=cfg.teacher_column)
 
 
 __all__ = ["CachedTeacher", "LocalTeacher", "ServedTeacher", "SeveralTeachers", "build_teacher", "several_teachers"]

@@ -37,6 +37,7 @@ class CachedTeacher:
 
     model = None
     warning = None  # for the run's header: where this kind of cache measured worse than online KD
+    members = ()  # one teacher (several.py has several)
 
     def __init__(self, folder: str, manifest: dict, objective, device):
         kept = {"full": "whole logits", "topk": f"top {manifest['k']} and the rest's mass",

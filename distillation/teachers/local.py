@@ -61,6 +61,7 @@ class LocalTeacher:
     warning = None  # nothing the run's header needs to warn about (a cached teacher may have)
     sparse = False  # outputs are logits
     form = "logits"  # what several routed teachers must share (teachers/several.py)
+    members = ()  # one teacher (several.py has several)
 
     def __init__(self, model, objective, device, n_train: int, n_eval: int, cache_train: bool, may_cache: bool = True,
                  identity: Optional[str] = None):

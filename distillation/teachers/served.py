@@ -172,6 +172,7 @@ class ServedTeacher:
 
     model = None
     sparse = True
+    members = ()  # one teacher (several.py has several)
     warning = None
 
     def __init__(self, client: ServedModel, objective, cfg, device, identity: str):

@@ -132,8 +132,10 @@ class SeveralTeachers:
     `routes` {split: LongTensor [n examples] of member indices} when routed, else None (mixed)."""
 
     model = None  # no one model: the hidden-state and chunked losses are refused
+    # `members`: the teachers, each scored alone at evaluation too (eval_teacher<i>_*)
 
-    def __init__(self, entries: List[Entry], members: list, objective, routes: Optional[dict], temperature: float, collective: bool):
+    def __init__(self, entries: List[Entry], members: list, objective, routes: Optional[dict], temperature: float, collective: bool,
+                 column: Optional[str] = None):
         forms = {m.form for m in members}
         if routes is not None and len(forms) > 1:
             raise InputError(f"--teachers: routed teachers must give targets of one form (these give {' and '.join(sorted(forms))}): "
@@ -147,7 +149,8 @@ class SeveralTeachers:
         total = sum(e.weight for e in entries)
         self.log_weights = torch.tensor([e.weight / total for e in entries]).log()
         self.sparse = members[0].sparse
-        self.identity = json.dumps([[m.identity, e.route, None if routes else e.weight / total] for m, e in zip(members, entries)])
+        self.identity = json.dumps({"column": column, "teachers": [[m.identity, e.route, None if routes else e.weight / total]
+                                                                  for m, e in zip(members, entries)]})
         self.taught = torch.zeros(len(members), dtype=torch.float64)  # training rows each teacher gave targets for
         how = "routed by --teacher_column" if routes else "mixed (" + ", ".join(f"{e.weight / total:.3g}" for e in entries) + ")"
         self.description = f"{len(members)} teachers, {how}: " + "; ".join(
