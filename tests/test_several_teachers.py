@@ -302,3 +302,30 @@ def test_resume_refuses_other_routes_or_weights(assets, several, tmp_path, capsy
         err = capsys.readouterr().err
         assert expect in err, err
     assert {name: (dump / name).stat().st_mtime_ns for name in os.listdir(dump)} == before
+
+
+def test_routed_served_teachers_are_the_served_teacher_alone(vllm_teacher, tmp_path):
+    """Both routes to the one vLLM server: each micro-batch's rows asked per route (ahead of the
+    step, prefetched) and put back in order give the run of that server alone."""
+    from lm_helpers import sentences
+    from vllm_server import build_student
+
+    url, folder, _ = vllm_teacher
+    data = write_jsonl(str(tmp_path / "train.jsonl"), [{"text": line, "domain": "b" if i % 3 == 0 else "a"}
+                                                       for i, line in enumerate(sentences(12, seed=4))])
+    teachers = tmp_path / "teachers.json"
+    teachers.write_text(json.dumps([{"teacher": url, "route": "a"}, {"teacher": url, "route": "b"}]))
+    common = ["--objective", "clm", "--student_name", build_student(folder, str(tmp_path / "student")), "--data_file", data,
+              "--max_seq_length", 32, "--teacher_top_k", 8, "--no-group_by_size", "--max_steps", 3, "--log_interval", 1,
+              "--batch_size", 4, "--seed", 3]
+    runs = {"alone": ["--teacher_url", url], "routed": ["--teachers", teachers, "--teacher_column", "domain"]}
+    for name, extra in runs.items():
+        proc = run_train([*map(str, common + extra), "--dump_path", str(tmp_path / name)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    alone, routed = ([r["loss"] for r in read_metrics(tmp_path / n) if "loss" in r] for n in runs)
+    assert len(alone) == 3 and routed == pytest.approx(alone, rel=1e-4)
+    summary = json.loads((tmp_path / "routed" / "summary.json").read_text())["teachers"]
+    assert sum(t["examples"] for t in summary) == 12 and all(t["examples"] for t in summary)
+    # one request a micro-batch and route, asked ahead by prepare: a sub-batch that outputs did
+    # not find prefetched would be asked again
+    assert all(1 <= t["teacher_requests"] <= 3 for t in summary), summary

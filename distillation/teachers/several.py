@@ -166,7 +166,7 @@ class SeveralTeachers:
         rows = self._rows(batch, split)
         answers = []
         for i, member in enumerate(self.members):
-            if len(rows[i]) or self.collective:  # a sharded teacher runs on every rank together
+            if len(rows[i]) or self.collective and member.model is not None:  # a sharded teacher runs on every rank together
                 out, _ = member.outputs(_rows_of(batch, rows[i] if len(rows[i]) else rows[i].new_zeros(1)), split=split)
                 answers.append(out if len(rows[i]) else None)
             else:
@@ -196,6 +196,8 @@ class SeveralTeachers:
     def _merged(self, batch, rows: list, answers: list):
         """The members' answers for their rows, put back in the batch's row order."""
         first = next(a for a in answers if a is not None)
+        if not isinstance(first, (torch.Tensor, SparseTargets)):
+            return None  # a served teacher's evaluation rows: scored per teacher only where they are logits
         if isinstance(first, torch.Tensor):  # logits [B, ...]
             out = first.new_empty((len(batch["index"]), *first.shape[1:]))
             for r, a in zip(rows, answers):
