@@ -277,3 +277,34 @@ def test_padded_vocabularies_of_other_sizes_distil_over_the_tokenizers_ids(lm, t
     for name, grad in cut_grads.items():
         assert torch.allclose(padded_grads[name][: len(grad)], grad, rtol=1e-5, atol=1e-7), name
         assert not padded_grads[name][len(grad):].any(), name  # the pad rows learn nothing
+
+
+def test_bits_per_byte_is_a_hand_computation(tmp_path):
+    """eval_bits_per_byte (student) and eval_teacher_bits_per_byte: the NLL in bits of every
+    held-out target, summed over the sequences, over the UTF-8 bytes of the text they spell."""
+    import math
+
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.evaluation import evaluate
+    from distillation.pipeline import build
+    from lm_helpers import llama_pair
+
+    pair = llama_pair(tmp_path, 8, student_layers=1)
+    cfg = DistillConfig.from_dict({"objective": "clm", "teacher_name": pair["teacher"], "student_name": pair["student"],
+                                   "data_file": pair["train"], "eval_file": pair["eval"], "dump_path": str(tmp_path / "run"),
+                                   "max_seq_length": 16})
+    d, _ = build(cfg, DistEnv())
+    metrics = evaluate(d.model, d.teacher, d.objective, d.eval_dataset, 3, d.env, d.autocast, 0)
+    tok = d.tokenizer
+    for name, key in (("student", "eval_bits_per_byte"), ("teacher", "eval_teacher_bits_per_byte")):
+        model = AutoModelForCausalLM.from_pretrained(pair[name]).eval()
+        nats, n_bytes = 0.0, 0
+        for i in range(len(d.eval_dataset)):
+            ids = torch.tensor(d.eval_dataset[i]["input_ids"])
+            with torch.no_grad():
+                log_p = model(input_ids=ids[None]).logits[0, :-1, : len(tok)].double().log_softmax(-1)
+            nats -= log_p.gather(-1, ids[1:, None]).sum().item()
+            n_bytes += len(tok.decode(ids[1:].tolist(), skip_special_tokens=True).encode("utf-8"))
+        assert metrics[key] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5), name
+    assert len(d.eval_dataset) > 3  # several evaluation batches, each sequence's bytes counted once

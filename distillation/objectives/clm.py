@@ -7,6 +7,9 @@ binarized_data.py), a `.txt` file (cut into --max_seq_length blocks) or instruct
 (JSON/JSONL/CSV/TSV with instruction / input / output, see data/lm_text.py).
 """
 
+import itertools
+import math
+
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -36,7 +39,7 @@ class CausalLM(Objective):
     task_loss_name = "clm"
     auto_model_class = AutoModelForCausalLM
     deterministic_inputs = False
-    metrics = {"loss": "min", "perplexity": "min", "accuracy": "max", "exact_match": "max"}
+    metrics = {"loss": "min", "perplexity": "min", "bits_per_byte": "min", "accuracy": "max", "exact_match": "max"}
     pipeline_task = "text-generation"
     cache_refusal = (
         "clm distils a vocabulary-sized distribution at every token: the teacher's logits of one example "
@@ -84,8 +87,23 @@ class CausalLM(Objective):
         special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=targets.device)
         rows = positions // batch["input_ids"].shape[1]
         responses = batch["prompt_len"][rows] > 0  # instruction data: score whole responses too
-        return eval_token_stats(student_logits, teacher_logits, positions, targets, ~torch.isin(targets, special), self.columns,
-                                rows if bool(responses.any()) else None, batch["input_ids"].shape[0])
+        stats = eval_token_stats(student_logits, teacher_logits, positions, targets, ~torch.isin(targets, special), self.columns,
+                                 rows if bool(responses.any()) else None, batch["input_ids"].shape[0])
+        stats["bytes"] = torch.tensor([float(self._text_bytes(targets, rows))])
+        return stats
+
+    def _text_bytes(self, targets, rows) -> int:
+        """UTF-8 bytes of the text the targets spell, sequence by sequence (special tokens spell
+        none); `rows` [N] the sequence of each target, in order (flat positions are)."""
+        sequences = itertools.groupby(zip(rows.tolist(), targets.tolist()), key=lambda pair: pair[0])
+        return sum(len(self.tokenizer.decode([t for _, t in pairs], skip_special_tokens=True).encode("utf-8")) for _, pairs in sequences)
 
     def eval_metrics(self, stats):
-        return token_metrics(stats, "accuracy")
+        """token_metrics, and bits per byte: the NLL of every target in bits over the UTF-8 bytes of
+        the text they spell, the one measure that compares models of different tokenizers."""
+        metrics = token_metrics(stats, "accuracy")
+        n_bytes = stats["bytes"].sum().item() if "bytes" in stats else 0
+        for prefix in ("", "teacher_"):
+            if f"{prefix}nll" in stats and n_bytes:
+                metrics[f"{prefix}bits_per_byte"] = stats[f"{prefix}nll"].sum().item() / math.log(2) / n_bytes
+        return metrics
