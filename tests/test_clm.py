@@ -90,8 +90,8 @@ def test_prompt_rendering_truncation_and_refusals(lm, tmp_path):
     assert dataset.lengths == [4] and dataset[0]["prompt_len"] == 3  # record 0's prompt fills it: dropped
     with pytest.raises(InputError, match="no response is left"):
         _objective(lm, prompt_template=TEMPLATE, max_seq_length=3).load_dataset(lm["instructions"], "--data_file")
-    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"text": "the movie"}])
-    with pytest.raises(InputError, match="--eval_file: .* line 1: no 'instruction' and 'output' fields"):
+    bad = write_jsonl(str(tmp_path / "bad.jsonl"), [{"prompt": "the movie"}])  # neither instruction nor text records
+    with pytest.raises(InputError, match="--eval_file: .* line 1: no 'instruction' and 'output' fields .* text records"):
         _objective(lm).load_dataset(bad, "--eval_file")
     with pytest.raises(InputError, match="--data_file: no such file"):
         _objective(lm).load_dataset(str(tmp_path / "missing.txt"), "--data_file")
