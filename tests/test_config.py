@@ -131,7 +131,7 @@ def test_config_file_values_of_the_wrong_type_are_refused(tmp_path, values, expe
     (["--teacher_url", "u"], "--teacher_url: --objective sequence_classification needs the teacher's logits of its own head"),
     (["--objective", "clm", "--teacher_url", "u", "--alpha_cos", "1"], "--teacher_url: --alpha_cos is not available"),
     (["--objective", "clm", "--teacher_url", "u", "--on_policy_fraction", "0.5", "--alpha_ce", "0"],
-     "--on_policy_fraction 0.5: needs --teacher_name (or --teacher_url) and --alpha_ce > 0"),
+     "--on_policy_fraction 0.5: needs --teacher_name (or --teacher_url, --teachers) and --alpha_ce > 0"),
     (["--objective", "clm", "--teacher_url", "u", "--teacher_top_k", "0"], "--teacher_top_k must be >= 1"),
 ])
 def test_validation_names_the_flag(argv, flag):
