@@ -131,8 +131,8 @@ class SeveralTeachers:
     """The teachers of --teachers behind the one teacher interface (teachers/__init__.py).
     `routes` {split: LongTensor [n examples] of member indices} when routed, else None (mixed)."""
 
-    model = None  # no one model: the hidden-state and chunked losses are refused
-    # `members`: the teachers, each scored alone at evaluation too (eval_teacher<i>_*)
+    model = None  # no one model: the hidden-state and chunked losses are refused; `members` (each
+    # scored alone at evaluation too, eval_teacher<i>_*) is set in __init__
 
     def __init__(self, entries: List[Entry], members: list, objective, routes: Optional[dict], temperature: float, collective: bool,
                  column: Optional[str] = None):
@@ -223,9 +223,15 @@ class SeveralTeachers:
     def prepare(self, group: list, upcoming) -> None:
         """Each teacher is told of its own rows of the micro-batches (a served one asks ahead for them)."""
         for i, member in enumerate(self.members):
-            mine = lambda batches: None if batches is None else [_rows_of(b, r) for b in batches  # noqa: E731
-                                                                 for r in [self._rows(b, "train")[i]] if len(r)]
-            member.prepare(mine(group) if self.routes else group, mine(upcoming) if self.routes else upcoming)
+            if self.routes is None:
+                member.prepare(group, upcoming)
+            else:
+                member.prepare(self._own(group, i), None if upcoming is None else self._own(upcoming, i))
+
+    def _own(self, batches: list, i: int) -> list:
+        """Teacher i's sub-batches of `batches` (as outputs makes them; those without its rows left out)."""
+        own = [(b, self._rows(b, "train")[i]) for b in batches]
+        return [_rows_of(b, r) for b, r in own if len(r)]
 
     def end_epoch(self, env) -> None:
         for member in self.members:
