@@ -92,14 +92,17 @@ def test_an_even_mix_is_the_mean_of_the_teachers_probabilities(assets, several, 
     assert torch.allclose(mixed.div(2.0).softmax(-1), (probs[0] + probs[1]) / 2, atol=1e-6)
 
 
-def test_a_routed_run_at_one_and_two_processes(assets, several, tmp_path):
-    """The same global batch at 1 and 2 processes: the same losses step for step and the same
-    student; the summary says which teacher taught how many examples."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_routed_run_at_one_and_two_processes(assets, several, tmp_path, strategy):
+    """The same global batch at 1 and 2 processes (ddp; fsdp: both teachers sharded, run on every
+    rank for every micro-batch, on one row where a rank holds none of theirs): the same losses
+    step for step and the same student; the summary says which teacher taught how many examples."""
     common = ["--teachers", several["routed"], "--teacher_column", "domain", "--data_file", several["train"],
               "--eval_file", several["test"], "--no-group_by_size", "--log_interval", 1, "--n_epoch", 2, "--alpha_ce", 0.5,
               "--alpha_task", 0.5]
     one = run_train(without_teacher_name(train_args(assets, tmp_path / "one", "--batch_size", 8, *common)))
-    two = run_train(without_teacher_name(train_args(assets, tmp_path / "two", "--batch_size", 4, *common)), launcher=TORCHRUN)
+    two = run_train(without_teacher_name(train_args(assets, tmp_path / "two", "--batch_size", 4, "--strategy", strategy, *common)),
+                    launcher=TORCHRUN)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     l1 = [r["loss"] for r in read_metrics(tmp_path / "one") if "loss" in r]
     l2 = [r["loss"] for r in read_metrics(tmp_path / "two") if "loss" in r]
