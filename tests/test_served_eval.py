@@ -58,11 +58,11 @@ def assets(vllm_teacher, tmp_path_factory):
     return {"url": url, "folder": folder, "student": build_student(folder, str(root / "student")), "data": str(data), "root": root}
 
 
-def _hand_teacher_metrics(folder, dataset, special):
+def _hand_teacher_metrics(folder, dataset, special, tokenizer):
     """eval_teacher_* of the local teacher over the dataset's response targets, and how many
     targets lie outside its top K (vLLM's k + 1st entry)."""
     teacher = _teacher(folder)
-    nll = count = correct = scored = outside = 0.0
+    nll = count = correct = scored = outside = n_bytes = 0.0
     exact = []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -79,9 +79,10 @@ def _hand_teacher_metrics(folder, dataset, special):
                 correct, scored = correct + hit, scored + 1
             outside += target not in logp[t].topk(K).indices.tolist()
         exact.append(all(hits))
+        n_bytes += len(tokenizer.decode(item["input_ids"][item["prompt_len"]:], skip_special_tokens=True).encode("utf-8"))
     loss = nll / count
     return {"eval_teacher_loss": loss, "eval_teacher_perplexity": math.exp(loss), "eval_teacher_accuracy": correct / scored,
-            "eval_teacher_exact_match": sum(exact) / len(exact)}, outside
+            "eval_teacher_exact_match": sum(exact) / len(exact), "eval_teacher_bits_per_byte": nll / math.log(2) / n_bytes}, outside
 
 
 def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path, monkeypatch):
@@ -92,13 +93,14 @@ def test_evaluation_reports_the_served_teacher_as_the_local_one(assets, tmp_path
     metrics = evaluate(distiller.model, distiller.teacher, distiller.objective, distiller.eval_dataset, 3, distiller.env,
                        distiller.autocast, 0)
     special = set(distiller.tokenizer.all_special_ids)
-    expected, outside = _hand_teacher_metrics(assets["folder"], distiller.eval_dataset, special)
+    expected, outside = _hand_teacher_metrics(assets["folder"], distiller.eval_dataset, special, distiller.tokenizer)
     print({k: (metrics.get(k), v) for k, v in expected.items()}, f"{outside:.0f} targets outside the top {K}")
     assert outside >= 5 and 0 < expected["eval_teacher_exact_match"] < 1 and 0 < expected["eval_teacher_accuracy"] < 1
     assert metrics["eval_teacher_accuracy"] == expected["eval_teacher_accuracy"]
     assert metrics["eval_teacher_exact_match"] == expected["eval_teacher_exact_match"]
     assert metrics["eval_teacher_loss"] == pytest.approx(expected["eval_teacher_loss"], abs=1e-4)
     assert metrics["eval_teacher_perplexity"] == pytest.approx(expected["eval_teacher_perplexity"], rel=1e-4)
+    assert metrics["eval_teacher_bits_per_byte"] == pytest.approx(expected["eval_teacher_bits_per_byte"], rel=1e-4)
     assert {k for k in metrics if k.startswith("eval_teacher_")} == set(expected)  # what a local teacher reports
 
 
