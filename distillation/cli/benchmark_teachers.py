@@ -18,7 +18,7 @@ no teacher), one on Shakespeare, one on Python source of the standard library, a
 half-depth student distilled on both domains' text records routed by domain, from each teacher
 alone and from their mix; held-out perplexity per domain. The models and Shakespeare files are
 scripts/benchmark_offline.py's (--base, --student, --shakespeare_*).
-distillation/tools/teachers_benchmark.py says what runs.
+distillation/tools/teachers_benchmark.py (ensemble) and routing_benchmark.py (routing) say what runs.
 """
 
 import argparse
@@ -27,8 +27,8 @@ import shlex
 
 from distillation.cli import ArgumentParser, command, require_positive
 from distillation.tools.demo import DEFAULT_CACHE, settings_for
-from distillation.tools.teachers_benchmark import (QUICK, benchmark, ensemble_assets, format_routing_table, format_table,
-                                                   quick_ensemble_assets, quick_routing_assets, routing_assets, routing_benchmark)
+from distillation.tools.routing_benchmark import format_routing_table, quick_routing_assets, routing_assets, routing_benchmark
+from distillation.tools.teachers_benchmark import QUICK, benchmark, ensemble_assets, format_table, quick_ensemble_assets
 
 BENCH = os.path.join("runs", "served_bench")  # scripts/benchmark_offline.py --out runs/served_bench wrote these
 
