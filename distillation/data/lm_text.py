@@ -34,12 +34,12 @@ class TokenSequences(Dataset):
     """Items `{"input_ids": list, "prompt_len": int, "index": i}`; `lengths` for the sampler."""
 
     def __init__(self, input_ids: List[List[int]], prompt_lens: List[int], unk_id: Optional[int], dropped: int = 0,
-                 unit: str = "examples", read: str = "", routes: Optional[List[int]] = None):
+                 unit: str = "examples", read: str = "", routes: Optional[List[int]] = None, dropped_why: Optional[str] = None):
         self.input_ids, self.prompt_lens = input_ids, prompt_lens
         self.routes = routes  # each example's teacher (--teacher_column), or None
         self.unit, self.read = unit, read  # for the run's header: what an item is, what the file held
         self.dropped = dropped  # records left out (the run's header says how many and why)
-        self.dropped_why = "shorter than 2 tokens" if unit == "text records" else None  # else: prompts too long
+        self.dropped_why = dropped_why  # None: their prompt fills --max_seq_length (instruction records)
         # Share of the targets the tokenizer could not read (the header warns when it is high).
         targets = [t for ids, n in zip(input_ids, prompt_lens) for t in ids[n:]]
         self.unknown_share = sum(t == unk_id for t in targets) / max(len(targets), 1) if unk_id is not None else 0.0
@@ -74,8 +74,12 @@ def encode_prompts(records: List[Tuple[str, str]], tokenizer, template: Optional
     # A chat template writes its own special tokens; a plain template gets the tokenizer's usual
     # leading ones (e.g. Llama's <s>) but no trailing [SEP]-like token, which would split prompt and response.
     ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
-    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
-    return [row[:-1] if row and row[-1] in trailing and not chat else row for row in ids]
+    return ids if chat else [_without_trailing_end(row, tokenizer) for row in ids]
+
+
+def _without_trailing_end(ids: List[int], tokenizer) -> List[int]:
+    """`ids` less the EOS or [SEP] the tokenizer may append (the loaders place their own)."""
+    return ids[:-1] if ids and ids[-1] in {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None} else ids
 
 
 def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: Optional[str],
@@ -124,16 +128,15 @@ def _text_records(records, tokenizer, max_len: int, routes: Optional[tuple]) -> 
     texts = [records.column(i, "text", "text field") for i in range(len(records))]
     teachers = route_ids(records, *routes) if routes else [None] * len(records)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    trailing = {tokenizer.eos_token_id, tokenizer.sep_token_id} - {None}
     kept = []
     for ids, route in zip(tokenizer(texts)["input_ids"], teachers):
-        ids = (ids[:-1] if ids and ids[-1] in trailing else ids) + eos  # one EOS, whatever the tokenizer appends
+        ids = _without_trailing_end(ids, tokenizer) + eos  # one EOS, whatever the tokenizer appends
         if len(ids[:max_len]) >= 2:  # one token predicts nothing
             kept.append((ids[:max_len], route))
     if not kept:
         raise InputError(f"{records.flag}: '{records.path}' has no text record of 2 tokens or more")
     return TokenSequences([ids for ids, _ in kept], [0] * len(kept), tokenizer.unk_token_id, dropped=len(records) - len(kept),
-                          unit="text records", routes=[r for _, r in kept] if routes else None)
+                          unit="text records", routes=[r for _, r in kept] if routes else None, dropped_why="shorter than 2 tokens")
 
 
 def load_text_blocks(path: str, flag: str, tokenizer, max_len: int, batch_lines: int = 10000) -> TokenSequences:
