@@ -124,6 +124,11 @@ class DistillConfig:
     student_config: Optional[str] = _opt(None, "Student config (a JSON file or a folder with config.json); the student starts from "
                                          "random weights.", "models", shown="none: give this or --student_name")
     tokenizer_name: Optional[str] = _opt(None, "Tokenizer: hub name or folder.", "models", shown="the teacher's, else the student's")
+    teacher_tokenizer: Optional[str] = _opt(None, "clm: the teacher's tokenizer (hub name or folder), when it is not the student's: "
+                                            "each text is read by both and their positions aligned by character "
+                                            "(distillation/objectives/clm_cross.py).", "models",
+                                            shown="the teacher's own; a --student_name whose own tokenizer differs makes the run "
+                                            "cross-tokenizer too")
     student_pretrained_weights: Optional[str] = _opt(None, "Reference flag: weights (.pth/.bin/.safetensors file or a folder) for the "
                                                      "--student_config student; every tensor must be there.", "models", shown="none")
     student_type: Optional[str] = _opt(None, "Reference flag: the student's model_type (distilbert, roberta, gpt2...); needed when "
@@ -145,6 +150,9 @@ class DistillConfig:
     divergence_beta: Optional[float] = _opt(None, "β of --divergence jsd (the teacher's weight in the mixture; 0 = forward KL, "
                                             "1 = reverse KL) and skew_kl (the skew; 0 = forward KL).", "losses",
                                             shown="0.5 for jsd, 0.1 for skew_kl")
+    cross_tokenizer: str = _opt("aligned", "A teacher with another tokenizer: aligned (the divergence over the tokens both "
+                                "vocabularies spell alike where positions end at one character, ULD elsewhere) or uld (Universal "
+                                "Logit Distillation everywhere: sorted probabilities, no mapping).", "losses", choices=("aligned", "uld"))
     loss_chunk_rows: int = _opt(0, "clm: compute CE and --divergence over this many target rows at a time from the final hidden "
                                 "states, so the [tokens, vocab] logits never exist at once (0 = dense, from full logits).", "losses")
     alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target term (--divergence, KL by default).", "losses",

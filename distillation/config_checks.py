@@ -33,6 +33,25 @@ def check_several(cfg, need) -> None:
          "teacher's logits, hidden states or answers to compare with); drop it")
 
 
+def check_cross(cfg, need=None) -> None:
+    """A teacher with another tokenizer (--teacher_tokenizer, or a --student_name with its own):
+    what it can teach (objectives/clm_cross.py). `need` as validate's; None: raise directly."""
+    def raise_unless(cond, msg):
+        if not cond:
+            raise InputError(msg)
+
+    need = need or raise_unless
+    why = "a teacher with another tokenizer (--teacher_tokenizer, or a --student_name with a tokenizer of its own)"
+    need(cfg.objective == "clm", f"{why}: --objective {cfg.objective} is not supported; it is for clm")
+    other = next((f for f in ("teacher_logits", "teacher_url", "teachers") if getattr(cfg, f) is not None), None)
+    need(other is None, f"{why}: --{other} is not supported with it yet; give the teacher as --teacher_name (a local model)")
+    need(cfg.teacher_name is not None, f"{why}: give the teacher as --teacher_name (a local model)")
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate", "on_policy_fraction")
+                   if getattr(cfg, f)]
+    need(not unsupported, f"{why}: --{unsupported[0] if unsupported else ''} is not supported with it (the two models' "
+         "positions and vocabularies differ); drop it")
+
+
 def validate(cfg) -> None:
     """Raise InputError on the first option that does not fit the others."""
     def need(cond, msg):
@@ -68,6 +87,8 @@ def validate(cfg) -> None:
         need(math.isfinite(a) and a >= 0, f"--{name} must be a finite number >= 0 (got {a})")
     need(sum(alphas.values()) > 0, f"--{', --'.join(alphas)} are all 0: nothing to train")
     need(cfg.teacher_column is None or cfg.teachers is not None, "--teacher_column routes examples to the teachers of --teachers: give it")
+    if cfg.teacher_tokenizer is not None:
+        check_cross(cfg, need)
     if cfg.teachers is not None:
         check_several(cfg, need)
     elif cfg.teacher_logits is not None:

@@ -159,6 +159,40 @@ def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, head_logp: torch
     return (cross_entropy - entropy.float()).sum() * temperature**2
 
 
+def vocabulary_buckets(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A distribution over some of its tokens plus the rest of its vocabulary as one bucket.
+
+    Args:
+        logits: [N, V]; ids: [M] distinct token ids (the tokens two vocabularies share).
+    Returns:
+        [N, M + 1] fp32 log-probabilities at T: of each id, then of all other tokens together
+        (exact, not 1 - Σ; LOG_ZERO where the ids hold all the mass).
+    """
+    log_p = _log_probs(logits, temperature)
+    inside = torch.zeros(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
+    inside[ids] = True
+    rest = torch.logsumexp(log_p.masked_fill(inside, float("-inf")), dim=-1, keepdim=True)
+    return finite_log_probs(torch.cat([log_p.index_select(-1, ids), rest], dim=-1))
+
+
+def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over rows of the Universal Logit Distillation loss (Boizard et al. 2024) * T²: the
+    Wasserstein-1 distance between the two distributions with their tokens ranked by probability,
+    Σ_k |p_s^(k) - p_t^(k)| (the k-th largest probability of each; the smaller vocabulary padded
+    with zeros). It needs no mapping between the vocabularies, and sees only their shapes.
+
+    Args:
+        student_logits: [N, V_s]; teacher_logits: [N, V_t] (any sizes).
+    Returns:
+        scalar fp32 tensor; divide by the global row count.
+    """
+    s = _log_probs(student_logits, temperature).exp().sort(dim=-1, descending=True).values
+    t = _log_probs(teacher_logits, temperature).exp().sort(dim=-1, descending=True).values
+    width = max(s.shape[-1], t.shape[-1])
+    s, t = F.pad(s, (0, width - s.shape[-1])), F.pad(t, (0, width - t.shape[-1]))
+    return (s - t).abs().sum() * temperature**2
+
+
 # --divergence NAME -> (function, the default --divergence_beta or None where β has no role).
 DIVERGENCES = {
     "forward_kl": (forward_kl, None),

@@ -102,6 +102,36 @@ def load_tokenizer(cfg):
             break
     else:
         raise InputError("--tokenizer_name is required when neither --teacher_name nor --student_name is given")
+    return _read_tokenizer(name, flag)
+
+
+def load_tokenizers(cfg):
+    """(the run's tokenizer: the student's, the teacher's when it has another one, else None).
+    A clm teacher has another tokenizer when --teacher_tokenizer says so, or when the teacher's
+    own and a --student_name's own (no --tokenizer_name) hold different vocabularies."""
+    if cfg.teacher_tokenizer:
+        flag, name = ("--tokenizer_name", cfg.tokenizer_name) if cfg.tokenizer_name else ("--student_name", cfg.student_name)
+        if not name:
+            raise InputError("--teacher_tokenizer: give the student's tokenizer too (--tokenizer_name, or a --student_name with its own)")
+        student, teacher = _read_tokenizer(name, flag), _read_tokenizer(cfg.teacher_tokenizer, "--teacher_tokenizer")
+    else:
+        teacher = load_tokenizer(cfg)  # the teacher's own, where there is a teacher
+        own = cfg.objective == "clm" and cfg.teacher_name and cfg.student_name and not cfg.tokenizer_name
+        student = _own_tokenizer(cfg.student_name) if own else None
+        if student is None:
+            return teacher, None
+    return (student, None) if student.get_vocab() == teacher.get_vocab() else (student, teacher)
+
+
+def _own_tokenizer(name: str):
+    """The tokenizer in a model's folder, or None where it has none."""
+    try:
+        return _read_tokenizer(name, "--student_name")
+    except InputError:
+        return None
+
+
+def _read_tokenizer(name: str, flag: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as err:
@@ -233,12 +263,18 @@ def _read_state_dict(path: str) -> dict:
     return state
 
 
-def check_pair(teacher, student, tokenizer) -> None:
-    """Teacher and student (either may be None) must both cover the tokenizer's ids. Their
+def check_pair(teacher, student, tokenizer, teacher_tokenizer=None) -> None:
+    """Teacher and student (either may be None) must both cover the tokenizer's ids (the teacher
+    its own tokenizer's, where it has another). Their
     embedding tables may be padded to different sizes past it (Qwen2.5-7B has 152,064 rows,
     Qwen2.5-1.5B 151,936, over one tokenizer of 151,665 tokens): only the first len(tokenizer)
     logits are distilled and scored (Objective.columns)."""
     n_tok = len(tokenizer)
+    if teacher_tokenizer is not None:
+        if teacher is not None and teacher.config.vocab_size < len(teacher_tokenizer):
+            raise InputError(f"the teacher has vocab_size={teacher.config.vocab_size}, its tokenizer {len(teacher_tokenizer)} tokens "
+                             "(--teacher_name, --teacher_tokenizer)")
+        teacher = None
     sizes = {who: model.config.vocab_size for who, model in (("the teacher", teacher), ("the student", student)) if model is not None}
     if any(size < n_tok for size in sizes.values()):
         have = ", ".join(f"{who} has vocab_size={size}" for who, size in sizes.items())

@@ -17,9 +17,10 @@ from distillation.distributed import barrier, init_distributed, shutdown
 from distillation.errors import InputError
 from distillation.lora import add_lora
 from distillation.models import (
-    check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, sequence_limit,
+    check_pair, check_tokenizers, load_configs, load_student, load_teacher, load_tokenizer, load_tokenizers, sequence_limit,
     task_class,
 )
+from distillation.config_checks import check_cross
 from distillation.objectives import OBJECTIVES, build_objective
 from distillation.on_policy import check_data
 from distillation.parallel import build_strategy
@@ -57,14 +58,17 @@ def build(cfg, env):
     # One config per teacher: the run's own, or each --teachers entry's as its single-teacher run.
     entries = read_teachers(cfg.teachers, routed=cfg.teacher_column is not None) if cfg.teachers else [None]
     members = [member_config(cfg, e) if e else cfg for e in entries]
-    tokenizer = load_tokenizer(members[0])
+    # The student's tokenizer, and the teacher's where it has another (objectives/clm_cross.py)
+    tokenizer, teacher_tokenizer = (load_tokenizer(members[0]), None) if cfg.teachers else load_tokenizers(cfg)
+    if teacher_tokenizer is not None:
+        check_cross(cfg)
     configs = []
     for entry, member in zip(entries, members):
         with about(entry):
             configs.append(load_configs(member))
     student_config = configs[0][1]
     cfg.max_seq_length = min(sequence_limit(m, tokenizer, t, student_config) for m, (t, _) in zip(members, configs))
-    objective = build_objective(cfg, tokenizer, configs[0][0])
+    objective = build_objective(cfg, tokenizer, configs[0][0], teacher_tokenizer)
     objective.routes = {e.route: i for i, e in enumerate(entries)} if cfg.teacher_column else None
     for entry, member, (teacher_config, _) in zip(entries, members, configs):
         member.max_seq_length = cfg.max_seq_length
@@ -90,7 +94,7 @@ def build(cfg, env):
     sources = []
     for entry, member, teacher in zip(entries, members, teachers):
         with about(entry):
-            check_pair(teacher, student, tokenizer)
+            check_pair(teacher, student, tokenizer, teacher_tokenizer)
             for data in (train_dataset, eval_dataset):
                 if data is not None:
                     objective.check_models(teacher, student, data)

@@ -180,6 +180,8 @@ def run_header(d, fresh_weights) -> list:
                      + (": already complete" if d.step >= d.total_steps else ""))
     if d.teacher.description:
         lines.append(f"teacher logits: {d.teacher.description}")
+    if hasattr(d.objective, "describe"):  # a teacher with another tokenizer
+        lines.append(f"tokenizers: {d.objective.describe(d.train_dataset)}")
     if d.teacher.warning:
         lines.append(f"warning: {d.teacher.warning}")
     if d.env.is_distributed:

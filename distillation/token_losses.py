@@ -14,7 +14,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
-from distillation.losses import DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, tempered_as_buckets, topk_buckets
+from distillation.losses import (
+    DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, tempered_as_buckets, topk_buckets, uld, vocabulary_buckets,
+)
 from distillation.models import final_outputs
 from distillation.objectives.lm import HeadRows, gather_rows
 
@@ -111,13 +113,37 @@ class SparseTokenLosses(DenseTokenLosses):
         return terms
 
 
+class CrossTokenLosses(DenseTokenLosses):
+    """From full logits of a student and a teacher with another tokenizer (objectives/clm_cross.py):
+    the student's rows and the teacher rows paired with them. --cross_tokenizer aligned: where the
+    two positions end at one character, the divergence over the tokens both vocabularies spell
+    alike plus the rest of each's mass as one bucket (at T, then T²), and ULD at the other pairs;
+    uld: ULD at every pair."""
+
+    def __call__(self, wanted, student_logits, teacher_logits, batch) -> dict:
+        terms = {}
+        if "task" in wanted:
+            terms["task"] = self.objective.task_loss(student_logits, batch)
+        if "ce" in wanted:
+            s_rows, t_rows = self.objective.distill_rows(student_logits, teacher_logits, batch)
+            exact = self.objective.exact_rows(batch) if self.cfg.cross_tokenizer == "aligned" else torch.zeros_like(s_rows[:, 0], dtype=torch.bool)
+            T = self.cfg.temperature
+            s_ids, t_ids = (ids.to(s_rows.device) for ids in self.objective.shared)
+            student, teacher = vocabulary_buckets(s_rows[exact], s_ids, T), vocabulary_buckets(t_rows[exact], t_ids, T)
+            terms["ce"] = self.divergence(student, teacher, 1.0, self.cfg.divergence_beta) * T**2 + uld(s_rows[~exact], t_rows[~exact], T)
+        return terms
+
+
 def token_losses_for(cfg, objective, student, teacher, student_forward=None):
     """For the teacher source `teacher` (teachers/): SparseTokenLosses for a clm
-    cache, ChunkedTokenLosses with --loss_chunk_rows, DenseTokenLosses otherwise.
+    cache, CrossTokenLosses for a teacher with another tokenizer, ChunkedTokenLosses with
+    --loss_chunk_rows, DenseTokenLosses otherwise.
     `student_forward(inputs, logits)`: the student's logits or final hidden states through its
     wrapped module (FSDP runs a sharded model from its root only)."""
     if getattr(teacher, "sparse", False):
         return SparseTokenLosses(cfg, objective)
+    if getattr(objective, "teacher_tokenizer", None) is not None:
+        return CrossTokenLosses(cfg, objective)
     if not cfg.loss_chunk_rows:
         return DenseTokenLosses(cfg, objective)
     return ChunkedTokenLosses(cfg, objective, student, teacher.model, student_forward)

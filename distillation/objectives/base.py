@@ -93,6 +93,10 @@ class Objective(ABC):
         """Tensors fed to both models (the Distiller drops those a model does not accept)."""
         return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
+    def teacher_inputs(self, batch: Batch) -> Batch:
+        """Tensors fed to the teacher: the student's (a teacher with another tokenizer reads its own ids)."""
+        return self.model_inputs(batch)
+
     @abstractmethod
     def counts(self, batch: Batch) -> Dict[str, torch.Tensor]:
         """What each loss sum of this batch is divided by, summed over the whole step:

@@ -92,18 +92,21 @@ class CausalLM(Objective):
         stats["bytes"] = torch.tensor([float(self._text_bytes(targets, rows))])
         return stats
 
-    def _text_bytes(self, targets, rows) -> int:
-        """UTF-8 bytes of the text the targets spell, sequence by sequence (special tokens spell
-        none); `rows` [N] the sequence of each target, in order (flat positions are)."""
+    def _text_bytes(self, targets, rows, tokenizer=None) -> int:
+        """UTF-8 bytes of the text the targets spell in `tokenizer`'s tokens (the run's), sequence
+        by sequence (special tokens spell none); `rows` [N] the sequence of each target, in order
+        (flat positions are)."""
+        tokenizer = tokenizer or self.tokenizer
         sequences = itertools.groupby(zip(rows.tolist(), targets.tolist()), key=lambda pair: pair[0])
-        return sum(len(self.tokenizer.decode([t for _, t in pairs], skip_special_tokens=True).encode("utf-8")) for _, pairs in sequences)
+        return sum(len(tokenizer.decode([t for _, t in pairs], skip_special_tokens=True).encode("utf-8")) for _, pairs in sequences)
 
     def eval_metrics(self, stats):
         """token_metrics, and bits per byte: the NLL of every target in bits over the UTF-8 bytes of
         the text they spell, the one measure that compares models of different tokenizers."""
         metrics = token_metrics(stats, "accuracy")
-        n_bytes = stats["bytes"].sum().item() if "bytes" in stats else 0
         for prefix in ("", "teacher_"):
+            # a teacher with another tokenizer scores its own tokens: the bytes they spell
+            n_bytes = stats[f"{prefix}bytes" if f"{prefix}bytes" in stats else "bytes"].sum().item() if "bytes" in stats else 0
             if f"{prefix}nll" in stats and n_bytes:
                 metrics[f"{prefix}bits_per_byte"] = stats[f"{prefix}nll"].sum().item() / math.log(2) / n_bytes
         return metrics

@@ -1,0 +1,86 @@
+"""Causal language modelling from a teacher with another tokenizer (--teacher_tokenizer).
+
+The student learns from its own tokens as in clm; the teacher reads the same text in its own
+tokens (data/cross_text.py), and each student position is paired with a teacher position by
+where their tokens end in the text (data/alignment.py). What the two distributions share
+depends on --cross_tokenizer (token_losses.CrossTokenLosses): `aligned` compares them over the
+tokens both vocabularies spell alike where the positions end at one character, and ULD (sorted
+probabilities, no mapping) elsewhere; `uld` uses ULD everywhere.
+
+Evaluation scores the student on its tokens and the teacher on its own; bits per byte, over
+the bytes each one's targets spell, is the number that compares them.
+"""
+
+import torch
+
+from distillation.data.alignment import shared_vocabulary
+from distillation.data.cross_text import collate_cross, load_cross_text
+from distillation.data.lm_seqs_dataset import is_binarized_path
+from distillation.errors import InputError
+from distillation.models import max_positions
+from distillation.objectives.clm import CausalLM, shift_labels
+from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, token_stats
+
+
+class CrossTokenizerCLM(CausalLM):
+    def __init__(self, cfg, tokenizer, teacher_config, teacher_tokenizer):
+        super().__init__(cfg, tokenizer, teacher_config)
+        self.teacher_tokenizer = teacher_tokenizer
+        self.teacher_columns = len(teacher_tokenizer)
+        self.teacher_max_len = (teacher_config and max_positions(teacher_config)) or 1_000_000
+        student_ids, teacher_ids = shared_vocabulary(tokenizer, teacher_tokenizer)
+        self.shared = (torch.tensor(student_ids), torch.tensor(teacher_ids))  # [M] each: the tokens both spell alike
+        self.teacher_pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else (
+            teacher_tokenizer.eos_token_id or 0)
+
+    def describe(self, train_dataset) -> str:
+        """The run header's line: the two vocabularies and how the data's positions pair."""
+        return (f"the teacher reads its own tokenizer's {self.teacher_columns:,} tokens, the student its {self.columns:,} "
+                f"({len(self.shared[0]):,} spell alike); {100 * train_dataset.exact_share():.1f}% of the training targets' positions "
+                f"end at one character in both; --cross_tokenizer {self.cfg.cross_tokenizer}")
+
+    def load_dataset(self, path, flag):
+        if is_binarized_path(path):
+            raise InputError(f"{flag}: '{path}' is binarized (the student's token ids only); a teacher with another tokenizer "
+                             "(--teacher_tokenizer) needs the text: give the .txt file or text records")
+        return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len)
+
+    def collate(self, examples):
+        return collate_cross(examples, self.tokenizer.pad_token_id, self.teacher_pad_id)
+
+    def teacher_inputs(self, batch):
+        return {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+
+    def _paired(self, batch):
+        """([N] flat student positions that predict a target and have a teacher position,
+        [N] the flat teacher positions, [N] bool: the two end at one character)."""
+        positions, _ = self.token_rows(batch)
+        teacher = batch["teacher_position"].reshape(-1)[positions]
+        has = teacher >= 0
+        rows = positions[has] // batch["input_ids"].shape[1]
+        return positions[has], rows * batch["teacher_input_ids"].shape[1] + teacher[has], batch["aligned"].reshape(-1)[positions[has]]
+
+    def distill_rows(self, student_logits, teacher_logits, batch):
+        """([N, V_s] student rows, [N, V_t] the teacher rows paired with them)."""
+        s_positions, t_positions, _ = self._paired(batch)
+        return gather_rows(student_logits, s_positions, self.columns), gather_rows(teacher_logits, t_positions, self.teacher_columns)
+
+    def exact_rows(self, batch) -> torch.Tensor:
+        """[N] bool, for the rows of distill_rows: the two positions end at the same character."""
+        return self._paired(batch)[2]
+
+    def eval_batch(self, student_logits, teacher_logits, batch):
+        """The student's statistics on its tokens (CausalLM's), the teacher's on its own tokens
+        (`teacher_*`, `teacher_bytes`: the bytes its targets spell)."""
+        stats = super().eval_batch(student_logits, None, batch)
+        if teacher_logits is None:
+            return stats
+        targets_all = shift_labels(batch["teacher_labels"])
+        positions = flat_positions(targets_all != IGNORE)
+        targets = targets_all.reshape(-1)[positions]
+        special = torch.tensor(sorted(set(self.teacher_tokenizer.all_special_ids)), device=targets.device)
+        stats.update(token_stats(teacher_logits, positions, targets, ~torch.isin(targets, special), self.teacher_columns, None, 0,
+                                 "teacher_"))
+        rows = positions // batch["teacher_input_ids"].shape[1]
+        stats["teacher_bytes"] = torch.tensor([float(self._text_bytes(targets, rows, self.teacher_tokenizer))])
+        return stats

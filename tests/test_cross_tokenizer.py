@@ -1,0 +1,311 @@
+"""A teacher with another tokenizer: alignment, the two losses, bits per byte, refusals.
+
+The alignment is checked against a brute-force restatement of its definition on 1,000 random
+texts read by two real tokenizers that ship with the tests (SmolLM2's byte-level BPE and
+all-MiniLM-L6-v2's uncased WordPiece, under tests/assets). The losses are checked against
+hand computations in float64, and the cross-tokenizer path with one tokenizer on both sides
+against the one-tokenizer path's divergence.
+"""
+
+import gzip
+import json
+import math
+import os
+import random
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, trainers
+from transformers import AutoTokenizer, BertTokenizerFast, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from conftest import read_metrics, save_model, train_in_process, write_jsonl
+from distillation.data.alignment import EMPTY, PART, WHOLE, align, token_ends
+from distillation.losses import DIVERGENCES, uld
+from distillation.objectives.clm import CausalLM
+from distillation.objectives.clm_cross import CrossTokenizerCLM
+from distillation.token_losses import CrossTokenLosses, DenseTokenLosses
+from lm_helpers import causal_tokenizer, config, sentences
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+
+@pytest.fixture(scope="module")
+def real_tokenizers(tmp_path_factory):
+    """SmolLM2-135M's byte-level BPE and all-MiniLM-L6-v2's WordPiece (uncased)."""
+    with gzip.open(os.path.join(ASSETS, "smollm2-135m-tokenizer.json.gz"), "rt", encoding="utf-8") as f:
+        smol = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(f.read()), eos_token="<|im_end|>")
+    folder = tmp_path_factory.mktemp("minilm")
+    with gzip.open(os.path.join(ASSETS, "all-minilm-l6-v2-vocab.txt.gz"), "rt", encoding="utf-8") as f:
+        (folder / "vocab.txt").write_text(f.read(), encoding="utf-8")
+    return smol, BertTokenizerFast(vocab=str(folder / "vocab.txt"))
+
+
+def random_text(rng: random.Random) -> str:
+    """Words, numbers, punctuation, runs of spaces and newlines, accents, CJK and emoji (4 bytes)."""
+    pieces = ["the", "The", "quick", "naïve", "café", "don't", "it's", "hello", "world", "über", "日本語", "東京", "😀", "🚀🚀",
+              "3.14", "2026", "x=y+1", "(a,b)", "—", "…", "\"quoted\"", "https://x.org/a?b=c", "™", "ß", "Ωmega", "tab\there"]
+    seps = [" ", " ", " ", "  ", "\n", "\n\n", "", ", ", ". ", "   "]
+    return "".join(rng.choice(pieces) + rng.choice(seps) for _ in range(rng.randint(1, 30)))
+
+
+def brute_force_kinds(offsets):
+    """token_ends' kinds from their definition: EMPTY covers no character; PART is followed (first
+    covering token after it) by a token that starts before it ends."""
+    kinds = []
+    for i, (start, end) in enumerate(offsets):
+        later = [s for s, e in offsets[i + 1 :] if e > s]
+        kinds.append(EMPTY if end <= start else PART if later and later[0] < end else WHOLE)
+    return kinds
+
+
+def brute_force_align(student, teacher):
+    """align's pairs from their definition, searching every teacher position for each student one."""
+    (s_ends, s_kinds), (t_ends, t_kinds) = student, teacher
+    positions, exact = [], []
+    for end, kind in zip(s_ends, s_kinds):
+        before = [j for j in range(len(t_ends)) if t_ends[j] <= end]
+        if not before:
+            positions.append(-1)
+            exact.append(False)
+            continue
+        last = max(t_ends[j] for j in before)
+        at = [j for j in before if t_ends[j] == last]
+        whole = [j for j in at if t_kinds[j] == WHOLE]
+        best = whole[-1] if whole else at[0]
+        positions.append(best)
+        exact.append(last == end and kind != PART and t_kinds[best] != PART)
+    return positions, exact
+
+
+def test_alignment_equals_brute_force_on_1000_random_texts_with_two_real_tokenizers(real_tokenizers):
+    smol, bert = real_tokenizers
+    rng = random.Random(0)
+    pairs = exact_pairs = parts = 0
+    for _ in range(1000):
+        text = random_text(rng)
+        offsets = {name: tok(text, return_offsets_mapping=True)["offset_mapping"] for name, tok in (("smol", smol), ("bert", bert))}
+        ends = {name: token_ends(o) for name, o in offsets.items()}
+        for name, o in offsets.items():
+            assert ends[name][1] == brute_force_kinds(o)
+            running = 0
+            for (start, end), got in zip(o, ends[name][0]):  # a token that covers nothing ends where the text so far does
+                running = max(running, end) if end > start else running
+                assert got == running
+        for student, teacher in (("smol", "bert"), ("bert", "smol")):
+            got = align(ends[student], ends[teacher])
+            assert got == brute_force_align(ends[student], ends[teacher]), text
+            pairs += len(got[0])
+            exact_pairs += sum(got[1])
+        parts += ends["smol"][1].count(PART)
+    # the texts exercise what the alignment must handle: characters split into bytes, pairs of both kinds
+    assert parts > 100 and 0.3 < exact_pairs / pairs < 0.95
+
+
+def test_alignment_pairs_a_text_token_with_the_teacher_token_that_ends_with_it_not_a_trailing_special(real_tokenizers):
+    smol, bert = real_tokenizers
+    text = "Hello, world ™"
+    s = smol(text, return_offsets_mapping=True)
+    t = bert(text, return_offsets_mapping=True)  # [CLS] hello , world ™ [SEP]
+    positions, exact = align(token_ends(s["offset_mapping"]), token_ends(t["offset_mapping"]))
+    tokens = smol.convert_ids_to_tokens(s["input_ids"])
+    teacher_tokens = bert.convert_ids_to_tokens(t["input_ids"])
+    # "™" is three byte tokens in SmolLM2: only the last one ends the character exactly with "™", and
+    # the last text token pairs with it, not with the trailing [SEP] that ends at the same character
+    assert tokens == ["Hello", ",", "Ġworld", "Ġâ", "Ħ", "¢"]
+    assert teacher_tokens == ["[CLS]", "hello", ",", "world", "™", "[SEP]"]
+    assert positions == [1, 2, 3, 4, 4, 4]
+    assert exact == [True, True, True, False, False, True]
+
+
+def test_uld_is_the_distance_between_sorted_probabilities():
+    s = torch.tensor([[0.7, 0.2, 0.1]]).log()
+    t = torch.tensor([[0.1, 0.5, 0.3, 0.1]]).log()
+    # sorted: [0.7, 0.2, 0.1, 0] against [0.5, 0.3, 0.1, 0.1]
+    assert uld(s, t, 1.0).item() == pytest.approx(0.2 + 0.1 + 0.0 + 0.1, abs=1e-6)
+    # at T the probabilities are softmax(logits / T), and the sum is scaled by T²
+    p_s, p_t = torch.softmax(s / 2, -1)[0].tolist(), torch.softmax(t / 2, -1)[0].tolist()
+    hand = sum(abs(a - b) for a, b in zip(sorted(p_s, reverse=True) + [0.0], sorted(p_t, reverse=True))) * 4
+    assert uld(s, t, 2.0).item() == pytest.approx(hand, rel=1e-5)
+
+
+def text_records(path, n=6, seed=3):
+    write_jsonl(str(path), [{"text": line} for line in sentences(n, seed=seed, min_clauses=1, max_clauses=3)])
+    return str(path)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])
+def test_one_tokenizer_through_the_cross_path_equals_the_one_tokenizer_divergence(tmp_path, divergence):
+    tok = causal_tokenizer(str(tmp_path / "tok"))
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0, divergence=divergence)
+    cross, plain = CrossTokenizerCLM(cfg, tok, None, tok), CausalLM(cfg, tok)
+    data = text_records(tmp_path / "train.jsonl")
+    cross_items = [cross.load_dataset(data, "--data_file")[i] for i in range(6)]
+    plain_items = [plain.load_dataset(data, "--data_file")[i] for i in range(6)]
+    assert [e["input_ids"] for e in cross_items] == [e["input_ids"] for e in plain_items]
+    assert all(e["teacher_ids"] == e["input_ids"] and all(e["aligned"]) for e in cross_items)
+    cross_batch, plain_batch = cross.collate(cross_items), plain.collate(plain_items)
+    torch.manual_seed(0)
+    shape = (*cross_batch["input_ids"].shape, len(tok))
+    student, teacher = torch.randn(shape) * 3, torch.randn(shape) * 3
+    got = CrossTokenLosses(cfg, cross)(["ce"], student, teacher, cross_batch)["ce"]
+    want = DenseTokenLosses(cfg, plain)(["ce"], student, teacher, plain_batch)["ce"]
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def bpe_tokenizer(folder, lines, vocab_size=40):
+    """A character BPE over whole lines (no pre-tokenizer: tokens cross the spaces between words),
+    with the student's special tokens: a teacher tokenizer whose boundaries often differ."""
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def hand_loss(cfg, batch, student, teacher, student_tok, teacher_tok):
+    """The aligned method in float64, position by position, from the tokens' strings."""
+    T = cfg.temperature
+    words = {t: i for t, i in student_tok.get_vocab().items()}
+    shared = sorted((i, teacher_tok.get_vocab()[t]) for t, i in words.items() if t in teacher_tok.get_vocab())
+    total = 0.0
+    for b in range(student.shape[0]):
+        for i in range(student.shape[1] - 1):
+            j = int(batch["teacher_position"][b, i])
+            if batch["labels"][b, i + 1] == -100 or j < 0:
+                continue
+            p_s = torch.softmax(student[b, i].double() / T, -1)
+            p_t = torch.softmax(teacher[b, j].double() / T, -1)
+            if batch["aligned"][b, i]:
+                q_s = [p_s[s].item() for s, _ in shared] + [1 - sum(p_s[s].item() for s, _ in shared)]
+                q_t = [p_t[t].item() for _, t in shared] + [1 - sum(p_t[t].item() for _, t in shared)]
+                total += sum(a * math.log(a / c) for a, c in zip(q_t, q_s)) * T**2
+            else:
+                a, c = sorted(p_s.tolist(), reverse=True), sorted(p_t.tolist(), reverse=True)
+                width = max(len(a), len(c))
+                a, c = a + [0.0] * (width - len(a)), c + [0.0] * (width - len(c))
+                total += sum(abs(x - y) for x, y in zip(a, c)) * T**2
+    return total
+
+
+@pytest.fixture
+def cross_pair(tmp_path):
+    """A word-level student tokenizer and a BPE teacher tokenizer over the same sentences."""
+    lines = sentences(200, seed=1)
+    student_tok = causal_tokenizer(str(tmp_path / "student_tok"))
+    teacher_tok = bpe_tokenizer(str(tmp_path / "teacher_tok"), lines)
+    return student_tok, teacher_tok, lines
+
+
+def test_aligned_loss_equals_a_hand_computation(tmp_path, cross_pair):
+    student_tok, teacher_tok, _ = cross_pair
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0, divergence="forward_kl")
+    objective = CrossTokenizerCLM(cfg, student_tok, None, teacher_tok)
+    data = objective.load_dataset(text_records(tmp_path / "train.jsonl"), "--data_file")
+    batch = objective.collate([data[i] for i in range(len(data))])
+    exact = batch["aligned"][batch["labels"].roll(-1, 1) != -100]
+    assert 0 < exact.float().mean() < 1  # both kinds of pairs occur
+    assert len(objective.shared[0]) > 4  # the special tokens and some words
+    torch.manual_seed(0)
+    student = torch.randn(*batch["input_ids"].shape, len(student_tok)) * 2
+    teacher = torch.randn(*batch["teacher_input_ids"].shape, len(teacher_tok)) * 2
+    got = CrossTokenLosses(cfg, objective)(["ce"], student, teacher, batch)["ce"].item()
+    assert got == pytest.approx(hand_loss(cfg, batch, student, teacher, student_tok, teacher_tok), rel=1e-5)
+
+
+def cross_models(tmp_path, student_tok, teacher_tok):
+    torch.manual_seed(0)
+    folders = {}
+    for role, tok, hidden in (("teacher", teacher_tok, 48), ("student", student_tok, 32)):
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        folders[role] = save_model(LlamaForCausalLM(cfg), tok, str(tmp_path / role))
+    return folders
+
+
+def teacher_bits_per_byte(folder, tok, texts):
+    """The teacher's NLL of its own tokens of `texts` (its specials, one EOS) in bits, over the
+    UTF-8 bytes its targets spell: computed here one text at a time."""
+    model = LlamaForCausalLM.from_pretrained(folder).eval()
+    nll = n_bytes = 0.0
+    for text in texts:
+        ids = tok(text)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            log_p = model(input_ids=torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
+        nll -= log_p.gather(-1, torch.tensor(ids[1:])[:, None]).sum().item()
+        n_bytes += len(tok.decode(ids[1:], skip_special_tokens=True).encode("utf-8"))
+    return nll / math.log(2) / n_bytes
+
+
+@pytest.mark.parametrize("method", ["aligned", "uld"])
+def test_a_run_with_another_tokenizer_trains_and_reports_both_models_bits_per_byte(tmp_path, cross_pair, method):
+    student_tok, teacher_tok, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": line} for line in lines[:64]])
+    eval_texts = sentences(12, seed=9)
+    write_jsonl(str(tmp_path / "eval.jsonl"), [{"text": line} for line in eval_texts])
+    dump = tmp_path / "run"
+    # no --teacher_tokenizer: the student's folder holds its own tokenizer, which differs from the teacher's
+    code = train_in_process(["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"],
+                             "--data_file", tmp_path / "train.jsonl", "--eval_file", tmp_path / "eval.jsonl", "--dump_path", dump,
+                             "--n_epoch", "1", "--batch_size", "8", "--cross_tokenizer", method, "--alpha_ce", "1", "--alpha_task", "0"])
+    assert code == 0
+    metrics = read_metrics(dump)
+    evals = [m for m in metrics if "eval_bits_per_byte" in m]
+    trains = [m for m in metrics if "loss_ce" in m]
+    assert evals and trains and all(math.isfinite(m["loss_ce"]) and m["loss_ce"] > 0 for m in trains)
+    assert evals[-1]["eval_teacher_bits_per_byte"] == pytest.approx(
+        teacher_bits_per_byte(folders["teacher"], teacher_tok, eval_texts), rel=1e-4)
+    assert AutoTokenizer.from_pretrained(str(dump / "final")).get_vocab() == student_tok.get_vocab()
+
+
+def test_the_same_tokenizer_given_as_the_teachers_takes_the_one_tokenizer_path(tmp_path, cross_pair):
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    student_tok, _, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, student_tok)
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": line} for line in lines[:16]])
+    cfg = DistillConfig.from_dict({"objective": "clm", "teacher_name": folders["teacher"], "student_name": folders["student"],
+                                   "teacher_tokenizer": str(tmp_path / "student_tok"), "data_file": str(tmp_path / "train.jsonl"),
+                                   "dump_path": str(tmp_path / "run")})
+    distiller, _ = build(cfg, DistEnv())
+    assert type(distiller.objective) is CausalLM
+    assert type(distiller.token_losses) is DenseTokenLosses
+
+
+@pytest.mark.parametrize("case", ["binarized", "instructions", "mlm", "served", "chunked"])
+def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair, capsys, case):
+    from lm_helpers import write_binarized
+
+    student_tok, teacher_tok, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    data = tmp_path / "train.jsonl"
+    write_jsonl(str(data), [{"text": line} for line in lines[:16]])
+    extra, expected = [], "--teacher_tokenizer"
+    if case == "binarized":
+        data = write_binarized(tmp_path / "data.pickle", student_tok, lines[:16])
+        expected = "binarized"
+    elif case == "instructions":
+        write_jsonl(str(data), [{"instruction": "say", "output": line} for line in lines[:16]])
+        expected = "instruction records"
+    elif case == "mlm":
+        extra = ["--objective", "mlm"]
+        expected = "--objective mlm"
+    elif case == "served":
+        extra = ["--teacher_url", "http://127.0.0.1:9"]
+        expected = "--teacher_url"
+    else:
+        extra = ["--loss_chunk_rows", "8"]
+        expected = "--loss_chunk_rows"
+    dump = tmp_path / "run"
+    args = ["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"],
+            "--teacher_tokenizer", str(tmp_path / "teacher_tok"), "--data_file", data, "--dump_path", dump, *extra]
+    if case == "served":
+        args = [a for a in args if a not in ("--teacher_name", folders["teacher"])]
+    capsys.readouterr()
+    assert train_in_process(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not dump.exists()
