@@ -24,12 +24,13 @@ from transformers import AutoConfig
 
 from distillation.distributed import barrier
 from distillation.errors import InputError, TeacherUnavailable, TrainingStopped
+from distillation.data.cross_text import load_cross_text
 from distillation.data.identity import example_digests
 from distillation.models import autocast_dtype, check_pair, load_configs, load_teacher, load_tokenizer, sequence_limit
 from distillation.objectives import build_objective
 from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import (
-    EXAMPLES, FORMAT, TEACHER_CONFIG, SparseTargets, check_examples, id_dtype, read_manifest, run_identity, shard_done,
+    EXAMPLES, FORMAT, TEACHER_CONFIG, TOKENIZER, SparseTargets, check_examples, id_dtype, read_manifest, run_identity, shard_done,
     shard_stem, sparse_targets,
 )
 from distillation.teachers import LocalTeacher
@@ -60,16 +61,18 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
         cfg.max_seq_length = sequence_limit(cfg, tokenizer, teacher_config, teacher_config)
         objective = build_objective(cfg, tokenizer, teacher_config)
     dataset = objective.load_dataset(cfg.data_file, "--data_file")
+    offsets = text_offsets(cfg, tokenizer, dataset, method)
     full = method == "full"
     dtypes = {"ids": id_dtype(teacher_config.vocab_size), "values": np.float32 if full else np.float16, "tail": np.float16,
-              "entropy": np.float16}
+              "entropy": np.float16, "ends": np.int32, "kinds": np.int8}
     arrays = {"full": ["values"], "topk": ["ids", "values", "tail"], "sampled": ["ids", "values", "entropy"]}[method]
+    arrays = arrays + ["ends", "kinds"] * (offsets is not None)
     head = head if method == "sampled" else None
     manifest = {"format": FORMAT, **run_identity(cfg, tokenizer, len(dataset)), "teacher": cfg.teacher_name, "method": method,
                 "k": None if full else k, "head": head, "vocab_size": teacher_config.vocab_size, "arrays": arrays,
                 "dtypes": {n: np.dtype(dtypes[n]).name for n in arrays}, "shard_size": shard_size,
                 "shards": -(-len(dataset) // shard_size), "seed": cfg.seed,
-                "precision": cfg.precision, "teacher_dtype": cfg.teacher_dtype}
+                "precision": cfg.precision, "teacher_dtype": cfg.teacher_dtype, "offsets": offsets is not None}
     if served is not None:  # the served model's name, vocabulary and probe digest: what a resume and a run compare
         manifest.update(teacher=served.identity, source="served", seed=None, precision=None, teacher_dtype=None)
     width = {"values": teacher_config.num_labels} if full else {"ids": k + (head or 0), "values": k if head is None else head}
@@ -102,13 +105,15 @@ def cache_pass(cfg, env, method: str, k: int, head: int, shard_size: int, batch_
             _replace(os.path.join(cfg.dump_path, TEACHER_CONFIG, "config.json"), lambda f: f.write(config_json.encode()))
         if digests is not None:
             _replace(os.path.join(cfg.dump_path, EXAMPLES), lambda f: np.save(f, digests))
+        if offsets is not None:  # what a student of another tokenizer pairs its positions with
+            tokenizer.save_pretrained(os.path.join(cfg.dump_path, TOKENIZER))
         # Written once, last: a folder with a manifest holds a complete header.
         _replace(path, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     barrier(env)
     mine = [s for s in range(manifest["shards"]) if s % env.world_size == env.rank and not shard_done(cfg.dump_path, s)]
     bar = tqdm(total=sum(min(shard_size, len(dataset) - s * shard_size) for s in mine), desc="cache teacher", unit="example",
                disable=not env.is_main)
-    write_shards(teacher, objective, dataset, mine, shard_size, batch_size, cfg, dtypes, env, bar, (method, k, head))
+    write_shards(teacher, objective, dataset, mine, shard_size, batch_size, cfg, dtypes, env, bar, (method, k, head), offsets)
     bar.close()
     barrier(env)
     return manifest
@@ -139,8 +144,20 @@ def _config_of(text: str):
     return AutoConfig.for_model(**json.loads(text))
 
 
+def text_offsets(cfg, tokenizer, dataset, method: str):
+    """Where each example's tokens end in its text, as [(ends, kinds)] (data/alignment.py), for a
+    top-k cache of text records: stored beside the targets, they let a student of another
+    tokenizer pair its positions with the cached ones (a cross-tokenizer cache); else None."""
+    if method != "topk" or cfg.objective != "clm" or getattr(dataset, "unit", "") != "text records":
+        return None
+    texts = load_cross_text(cfg.data_file, "--data_file", tokenizer, tokenizer, cfg.max_seq_length, cfg.max_seq_length)
+    if texts.input_ids != list(dataset.input_ids):  # not the tokens the targets are of: no offsets rather than wrong ones
+        return None
+    return [ends_kinds for _, ends_kinds in texts.student]
+
+
 def write_shards(teacher, objective, dataset, shards: list, shard_size: int, batch_size: int, cfg, dtypes: dict, env, bar,
-                 sparse: tuple) -> None:
+                 sparse: tuple, offsets=None) -> None:
     """Write `shards` from `teacher` (teachers/: local or served), a batch of --batch_size examples
     at a time, the next SERVED_IN_FLIGHT - 1 announced to it (teacher.prepare: a served teacher
     asks for them while this one's answer is awaited), each shard written once its last batch is
@@ -170,6 +187,9 @@ def write_shards(teacher, objective, dataset, shards: list, shard_size: int, bat
                                   "the cache") from None
         del made[i]
         entries, rows = batch_entries(objective, outputs, batch, *sparse, cfg.temperature, generator)
+        if offsets is not None:  # each target row's token: where it ends in the text, and its kind
+            for name, column in (("ends", 0), ("kinds", 1)):
+                entries[name] = torch.tensor([v for j, n in zip(indices, rows) for v in offsets[j][column][:n]])
         for name, tensor in entries.items():
             parts.setdefault(name, []).append(tensor)
         counts += rows

@@ -43,9 +43,13 @@ def check_cross(cfg, need=None) -> None:
     need = need or raise_unless
     why = "a teacher with another tokenizer (--teacher_tokenizer, or a --student_name with a tokenizer of its own)"
     need(cfg.objective == "clm", f"{why}: --objective {cfg.objective} is not supported; it is for clm")
-    other = next((f for f in ("teacher_logits", "teacher_url", "teachers") if getattr(cfg, f) is not None), None)
-    need(other is None, f"{why}: --{other} is not supported with it yet; give the teacher as --teacher_name (a local model)")
-    need(cfg.teacher_name is not None, f"{why}: give the teacher as --teacher_name (a local model)")
+    if cfg.teacher_tokenizer is not None:
+        need(cfg.teacher_logits is None, "--teacher_tokenizer: a cache (--teacher_logits) holds its teacher's tokenizer; drop it")
+    other = next((f for f in ("teacher_url", "teachers") if getattr(cfg, f) is not None), None)
+    need(other is None, f"{why}: --{other} is not supported with it yet; give the teacher as --teacher_name (a local model) "
+         "or --teacher_logits (a cross-tokenizer cache)")
+    need(cfg.teacher_name is not None or cfg.teacher_logits is not None,
+         f"{why}: give the teacher as --teacher_name (a local model) or --teacher_logits (a cross-tokenizer cache)")
     unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate", "on_policy_fraction")
                    if getattr(cfg, f)]
     need(not unsupported, f"{why}: --{unsupported[0] if unsupported else ''} is not supported with it (the two models' "

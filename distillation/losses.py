@@ -193,6 +193,45 @@ def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     return (s - t).abs().sum() * temperature**2
 
 
+def shared_topk_buckets(student_logits: torch.Tensor, mapped: torch.Tensor, values: torch.Tensor, tail: torch.Tensor,
+                        temperature: float):
+    """A teacher's cached top-k (on its own tokens) and a student of another tokenizer, as buckets
+    both can fill: each top-k token the student's vocabulary also holds, then the rest.
+
+    Args:
+        student_logits: [N, V_s]; mapped: [N, K] the student's id of each of the teacher's top-k
+        tokens, -1 where no student token spells it; values: [N, K] the teacher's log-probabilities
+        of its top k at T; tail: [N] the log of its mass outside them.
+    Returns:
+        (student [N, K + 1], teacher [N, K + 1]) fp32 log-probabilities at T: the shared tokens'
+        own buckets (LOG_ZERO on both sides where a top-k token is the teacher's only), then the
+        rest: for the teacher its tail and its top-k tokens the student lacks, for the student
+        everything but the shared ones.
+    """
+    shared = mapped >= 0
+    student = torch.where(shared, _log_probs(student_logits, temperature).gather(-1, mapped.clamp(min=0)), LOG_ZERO)
+    teacher = torch.where(shared, values.float(), LOG_ZERO)
+    teacher_rest = torch.logsumexp(torch.cat([tail.float().unsqueeze(-1), torch.where(shared, float("-inf"), values.float())], -1), -1)
+    return (torch.cat([student, log_rest(student).unsqueeze(-1)], dim=-1),
+            torch.cat([teacher, finite_log_probs(teacher_rest).unsqueeze(-1)], dim=-1))
+
+
+def topk_uld(student_logits: torch.Tensor, values: torch.Tensor, tail: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over rows of ULD (see `uld`) against a teacher known by its top k and their rest:
+    Σ_{k ≤ K} |p_s^(k) - p_t^(k)| + |rest_s - rest_t| * T², the first K ranks exact and the rest
+    compared as one mass (a lower bound of the ranks past K, whose spread the cache does not keep).
+
+    Args:
+        student_logits: [N, V_s]; values: [N, K] the teacher's top-k log-probabilities at T; tail: [N].
+    Returns:
+        scalar fp32 tensor; divide by the global row count.
+    """
+    top = _log_probs(student_logits, temperature).exp().topk(values.shape[-1], dim=-1).values
+    teacher = values.float().exp().sort(dim=-1, descending=True).values
+    rest = (1 - top.sum(-1)).clamp(min=0) - tail.float().exp()
+    return ((top - teacher).abs().sum(-1) + rest.abs()).sum() * temperature**2
+
+
 # --divergence NAME -> (function, the default --divergence_beta or None where β has no role).
 DIVERGENCES = {
     "forward_kl": (forward_kl, None),

@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distillation.config import DEFAULT_MAX_SEQ_LENGTH, read_json_object
 from distillation.errors import InputError
-from distillation.offline_logits import TEACHER_CONFIG
+from distillation.offline_logits import TEACHER_CONFIG, TOKENIZER, read_manifest, tokenizer_sha256
 from distillation.sharded_loading import build_on_meta, sampled_values
 
 # The student loads as fp32 whatever dtype a checkpoint was saved in: transformers 5 would
@@ -107,9 +107,15 @@ def load_tokenizer(cfg):
 
 def load_tokenizers(cfg):
     """(the run's tokenizer: the student's, the teacher's when it has another one, else None).
-    A clm teacher has another tokenizer when --teacher_tokenizer says so, or when the teacher's
-    own and a --student_name's own (no --tokenizer_name) hold different vocabularies."""
-    if cfg.teacher_tokenizer:
+    A clm teacher has another tokenizer when --teacher_tokenizer says so, when the teacher's
+    own and a --student_name's own (no --tokenizer_name) hold different vocabularies, or when a
+    --teacher_logits cache kept its offsets and was made with another tokenizer."""
+    if cfg.teacher_logits and cfg.objective == "clm":  # a cache made with its offsets serves a student of any tokenizer
+        student, manifest = load_tokenizer(cfg), read_manifest(cfg.teacher_logits)
+        if not manifest.get("offsets") or manifest.get("tokenizer_sha256") == tokenizer_sha256(student):
+            return student, None
+        teacher = _read_tokenizer(os.path.join(cfg.teacher_logits, TOKENIZER), "--teacher_logits")
+    elif cfg.teacher_tokenizer:
         flag, name = ("--tokenizer_name", cfg.tokenizer_name) if cfg.tokenizer_name else ("--student_name", cfg.student_name)
         if not name:
             raise InputError("--teacher_tokenizer: give the student's tokenizer too (--tokenizer_name, or a --student_name with its own)")

@@ -33,7 +33,10 @@ token ids, so that a run which tokenises the same file differently is refused; a
 binarized data, whose ids are the file's) and one group of `.npy` arrays per shard of
 `shard_size` examples, read memory-mapped:
 `shard-00000.ids.npy` [P, k], `.values.npy` [P, k] (or [examples, C]), `.tail.npy` [P] (topk) or
-`.entropy.npy` [P] (sampled), `.rows.npy`
+`.entropy.npy` [P] (sampled), for a topk cache of text records `.ends.npy` and `.kinds.npy` [P]
+(where each position's token ends in its text, and whether it is whole: data/alignment.py; with
+`tokenizer/`, they make it a cross-tokenizer cache, which a student of another tokenizer pairs
+its own positions with at load time), `.rows.npy`
 [examples + 1] offsets of each example's positions. A shard is complete once its `.rows.npy`
 exists (written last, by rename), so an interrupted cache pass resumes by skipping complete
 shards; under torchrun rank r writes shards r, r + world, ...
@@ -56,6 +59,7 @@ FORMAT = 3  # 2: sampled keeps an exact head and the entropy; 3: examples.npy, s
 EXAMPLES = "examples.npy"
 METHODS = ("topk", "sampled", "full")  # full: classification's logits, whole
 TEACHER_CONFIG = "teacher_config"  # the teacher's config.json, beside the shards: labels, vocabulary, positions
+TOKENIZER = "tokenizer"  # a cross-tokenizer cache's tokenizer (the teacher's), whose tokens the targets and offsets are of
 # What must match between a cache and the run that reads it (manifest key -> the flag to change).
 MUST_MATCH = {"objective": "--objective", "data_sha256": "--data_file", "tokenizer_sha256": "--tokenizer_name/--student_name",
               "max_seq_length": "--max_seq_length", "prompt_template": "--prompt_template", "temperature": "--temperature",
@@ -166,6 +170,21 @@ def read_manifest(folder: str, flag: str = "--teacher_logits") -> dict:
     return manifest
 
 
+def cached_offsets(folder: str, manifest: dict) -> list:
+    """A cross-tokenizer cache's teacher side of every example, in order: ([], (ends, kinds)) of
+    its target positions (data/cross_text.py pairs the student's positions with them)."""
+    out = []
+    for shard in range(manifest["shards"]):
+        stem = shard_stem(folder, shard)
+        try:
+            rows, ends, kinds = (np.load(f"{stem}.{name}.npy") for name in ("rows", "ends", "kinds"))
+        except (OSError, ValueError) as err:
+            raise InputError(f"--teacher_logits: cannot read shard {shard} of '{folder}' ({type(err).__name__}); rerun "
+                             "scripts/cache_teacher.py with the same flags to finish it") from None
+        out += [([], (ends[a:b].tolist(), kinds[a:b].tolist())) for a, b in zip(rows[:-1], rows[1:])]
+    return out
+
+
 def check_examples(folder: str, digests: Optional[np.ndarray], flag: str, remedy: str) -> None:
     """Exit 2 when the examples (data/identity.py's digests, None for binarized data) were
     tokenised otherwise than the cache's: the same file and vocabulary, but another chat
@@ -182,10 +201,10 @@ def check_examples(folder: str, digests: Optional[np.ndarray], flag: str, remedy
         raise InputError(f"{flag}: {difference}; {remedy}")
 
 
-def check_identity(manifest: dict, identity: dict, flag: str = "--teacher_logits") -> None:
-    """Exit 2 naming the first thing that differs between a cache and this run."""
+def check_identity(manifest: dict, identity: dict, flag: str = "--teacher_logits", skip=()) -> None:
+    """Exit 2 naming the first thing that differs between a cache and this run (but the keys `skip`)."""
     for key, run_flag in MUST_MATCH.items():
-        if key == "temperature" and manifest.get("method") == "full":
+        if key in skip or key == "temperature" and manifest.get("method") == "full":
             continue  # whole logits are kept untempered
         if manifest.get(key) != identity[key]:
             raise InputError(f"{flag}: the cache was made with another {key} ({manifest.get(key)!r}; this run: {identity[key]!r}): "

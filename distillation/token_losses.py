@@ -15,8 +15,10 @@ from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
 from distillation.losses import (
-    DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, tempered_as_buckets, topk_buckets, uld, vocabulary_buckets,
+    DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, shared_topk_buckets, tempered_as_buckets, topk_buckets, topk_uld, uld,
+    vocabulary_buckets,
 )
+from distillation.offline_logits import SparseTargets
 from distillation.models import final_outputs
 from distillation.objectives.lm import HeadRows, gather_rows
 
@@ -118,7 +120,8 @@ class CrossTokenLosses(DenseTokenLosses):
     the student's rows and the teacher rows paired with them. --cross_tokenizer aligned: where the
     two positions end at one character, the divergence over the tokens both vocabularies spell
     alike plus the rest of each's mass as one bucket (at T, then T²), and ULD at the other pairs;
-    uld: ULD at every pair."""
+    uld: ULD at every pair. From a cross-tokenizer cache the teacher is its top k: the shared
+    tokens among them are the buckets, and ULD compares the top k ranks and the rest's mass."""
 
     def __call__(self, wanted, student_logits, teacher_logits, batch) -> dict:
         terms = {}
@@ -128,9 +131,15 @@ class CrossTokenLosses(DenseTokenLosses):
             s_rows, t_rows = self.objective.distill_rows(student_logits, teacher_logits, batch)
             exact = self.objective.exact_rows(batch) if self.cfg.cross_tokenizer == "aligned" else torch.zeros_like(s_rows[:, 0], dtype=torch.bool)
             T = self.cfg.temperature
-            s_ids, t_ids = (ids.to(s_rows.device) for ids in self.objective.shared)
-            student, teacher = vocabulary_buckets(s_rows[exact], s_ids, T), vocabulary_buckets(t_rows[exact], t_ids, T)
-            terms["ce"] = self.divergence(student, teacher, 1.0, self.cfg.divergence_beta) * T**2 + uld(s_rows[~exact], t_rows[~exact], T)
+            if isinstance(t_rows, SparseTargets):  # a cross-tokenizer cache: the teacher's top k on its own tokens
+                mapped = self.objective.teacher_to_student.to(s_rows.device)[t_rows.ids]
+                student, teacher = shared_topk_buckets(s_rows[exact], mapped[exact], t_rows.values[exact], t_rows.tail[exact], T)
+                rest = topk_uld(s_rows[~exact], t_rows.values[~exact], t_rows.tail[~exact], T)
+            else:
+                s_ids, t_ids = (ids.to(s_rows.device) for ids in self.objective.shared)
+                student, teacher = vocabulary_buckets(s_rows[exact], s_ids, T), vocabulary_buckets(t_rows[exact], t_ids, T)
+                rest = uld(s_rows[~exact], t_rows[~exact], T)
+            terms["ce"] = self.divergence(student, teacher, 1.0, self.cfg.divergence_beta) * T**2 + rest
         return terms
 
 
@@ -140,10 +149,10 @@ def token_losses_for(cfg, objective, student, teacher, student_forward=None):
     --loss_chunk_rows, DenseTokenLosses otherwise.
     `student_forward(inputs, logits)`: the student's logits or final hidden states through its
     wrapped module (FSDP runs a sharded model from its root only)."""
-    if getattr(teacher, "sparse", False):
-        return SparseTokenLosses(cfg, objective)
     if getattr(objective, "teacher_tokenizer", None) is not None:
         return CrossTokenLosses(cfg, objective)
+    if getattr(teacher, "sparse", False):
+        return SparseTokenLosses(cfg, objective)
     if not cfg.loss_chunk_rows:
         return DenseTokenLosses(cfg, objective)
     return ChunkedTokenLosses(cfg, objective, student, teacher.model, student_forward)

@@ -128,6 +128,21 @@ def test_uld_is_the_distance_between_sorted_probabilities():
     assert uld(s, t, 2.0).item() == pytest.approx(hand, rel=1e-5)
 
 
+def test_a_cached_top_k_against_another_vocabulary_equals_a_hand_computation():
+    from distillation.losses import forward_kl, shared_topk_buckets, topk_uld
+
+    p_s = torch.tensor([[0.4, 0.3, 0.2, 0.1]])  # the student's 4 tokens
+    top = torch.tensor([[0.5, 0.25, 0.15]])  # the teacher's top 3 (its rest: 0.1); the 2nd has no student token
+    mapped = torch.tensor([[2, -1, 0]])  # teacher top-1 is the student's token 2, top-3 its token 0
+    student, teacher = shared_topk_buckets(p_s.log(), mapped, top.log(), torch.tensor([0.1]).log(), 1.0)
+    # buckets: [shared 1, (none), shared 3, rest]: teacher [0.5, 0, 0.15, 0.25 + 0.1], student [0.2, 0, 0.4, 0.4]
+    hand = 0.5 * math.log(0.5 / 0.2) + 0.15 * math.log(0.15 / 0.4) + 0.35 * math.log(0.35 / 0.4)
+    assert forward_kl(student, teacher, 1.0).item() == pytest.approx(hand, rel=1e-5)
+    # ULD: the student's 3 likeliest [0.5, 0.2, 0.15] against [0.5, 0.25, 0.15], then the rests 0.15 and 0.1
+    p_s = torch.tensor([[0.05, 0.2, 0.5, 0.1, 0.15]])
+    assert topk_uld(p_s.log(), top.log(), torch.tensor([0.1]).log(), 1.0).item() == pytest.approx(0.0 + 0.05 + 0.0 + 0.05, abs=1e-6)
+
+
 def text_records(path, n=6, seed=3):
     write_jsonl(str(path), [{"text": line} for line in sentences(n, seed=seed, min_clauses=1, max_clauses=3)])
     return str(path)
@@ -309,3 +324,67 @@ def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not dump.exists()
+
+
+def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_path, cross_pair, capsys):
+    """A top-k cache of text records made with the teacher's own tokenizer, read by a student of
+    another: the same loss as the live teacher's top k at the pairs the live texts align to."""
+    from distillation.cli.cache_teacher import main as cache_main
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.losses import DIVERGENCES, shared_topk_buckets, topk_uld
+    from distillation.offline_logits import sparse_targets
+    from distillation.pipeline import build
+
+    student_tok, teacher_tok, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    texts = lines[:12]
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": t} for t in texts])
+    T, k = 2.0, 5
+    assert cache_main([str(a) for a in ("--teacher_name", folders["teacher"], "--data_file", tmp_path / "train.jsonl", "--dump_path",
+                                        tmp_path / "cache", "--method", "topk", "--k", k, "--temperature", T, "--batch_size", 5,
+                                        "--shard_size", 7)]) == 0
+    assert os.path.isdir(tmp_path / "cache" / "tokenizer")
+    cfg = DistillConfig.from_dict({"objective": "clm", "teacher_logits": str(tmp_path / "cache"), "student_name": folders["student"],
+                                   "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T,
+                                   "alpha_ce": 1.0, "alpha_task": 0.0})
+    distiller, _ = build(cfg, DistEnv())
+    objective, data = distiller.objective, distiller.train_dataset
+    assert isinstance(objective, CrossTokenizerCLM)
+    batch = objective.collate([data[i] for i in range(len(data))])
+    torch.manual_seed(1)
+    student = torch.randn(*batch["input_ids"].shape, len(student_tok)) * 2
+    got = distiller.token_losses(["ce"], student, distiller.teacher.outputs(batch)[0], batch)["ce"].item()
+
+    # the live teacher, text by text: its top k at each target position, paired by the offsets of both tokenizations
+    model = LlamaForCausalLM.from_pretrained(folders["teacher"]).eval()
+    t2s = {teacher_tok.get_vocab()[w]: i for w, i in student_tok.get_vocab().items() if w in teacher_tok.get_vocab()}
+    rows = {"s": [], "ids": [], "values": [], "tail": [], "exact": []}
+    for b, text in enumerate(texts):
+        t_enc, s_enc = teacher_tok(text, return_offsets_mapping=True), student_tok(text, return_offsets_mapping=True)
+        t_ids, s_ids = t_enc["input_ids"] + [teacher_tok.eos_token_id], s_enc["input_ids"] + [student_tok.eos_token_id]
+        assert s_ids == batch["input_ids"][b, : len(s_ids)].tolist()
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([t_ids])).logits[0, :-1]
+        top = sparse_targets(logits, "topk", k, T, None)
+        pairs = align(token_ends(s_enc["offset_mapping"] + [(0, 0)]), token_ends(t_enc["offset_mapping"] + [(0, 0)]))
+        for i, (j, exact) in enumerate(zip(*pairs)):
+            if i < len(s_ids) - 1 and 0 <= j < len(t_ids) - 1:
+                rows["s"].append(student[b, i])
+                rows["ids"].append(top.ids[j])
+                rows["values"].append(top.values[j])
+                rows["tail"].append(top.tail[j])
+                rows["exact"].append(exact)
+    s, ids, values, tail = (torch.stack(rows[n]) for n in ("s", "ids", "values", "tail"))
+    exact = torch.tensor(rows["exact"])
+    assert 0 < exact.float().mean() < 1
+    mapped = torch.tensor([[t2s.get(t, -1) for t in row] for row in ids.tolist()])
+    assert (mapped >= 0).any() and (mapped < 0).any()
+    buckets = shared_topk_buckets(s[exact], mapped[exact], values[exact], tail[exact], T)
+    want = DIVERGENCES["forward_kl"][0](*buckets, 1.0) * T**2 + topk_uld(s[~exact], values[~exact], tail[~exact], T)
+    assert got == pytest.approx(want.item(), rel=2e-3)  # the cache keeps fp16 values
+    # and a run trains from it
+    dump = tmp_path / "trained"
+    assert train_in_process(["--objective", "clm", "--teacher_logits", tmp_path / "cache", "--student_name", folders["student"],
+                             "--data_file", tmp_path / "train.jsonl", "--dump_path", dump, "--temperature", T, "--n_epoch", 1]) == 0
+    assert all(math.isfinite(m["loss_ce"]) for m in read_metrics(dump) if "loss_ce" in m)

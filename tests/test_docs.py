@@ -22,8 +22,8 @@ from conftest import ROOT, SUBPROCESS_ENV
 
 from distillation.tools.check_docs import check, script_options
 
-PAGES = ("index", "classification", "python", "mlm", "clm", "scale", "offline-logits", "served", "several-teachers", "on-policy",
-         "losses", "reference-flags", "checkpoints", "bad-input", "benchmarks")
+PAGES = ("index", "classification", "python", "mlm", "clm", "scale", "offline-logits", "served", "several-teachers", "cross-tokenizer",
+         "on-policy", "losses", "reference-flags", "checkpoints", "bad-input", "benchmarks")
 
 
 def _mkdocs(root, site):

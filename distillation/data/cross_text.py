@@ -13,7 +13,7 @@ The teacher's ids are cut at `teacher_max_len` (what the teacher accepts); the s
 past its last token pair with that token (ULD) or with none.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -52,11 +52,18 @@ class CrossTokenTexts(Dataset):
     def __getitem__(self, i) -> Dict:
         (ids, ends), (teacher_ids, teacher_ends) = self.student[i], self.teacher[i]
         position, exact = align(ends, teacher_ends)  # in the data loader's workers
-        return {"input_ids": ids, "prompt_len": 0, "index": i, "teacher_ids": teacher_ids, "teacher_position": position, "aligned": exact}
+        return {"input_ids": ids, "prompt_len": 0, "index": i, "teacher_ids": teacher_ids, "teacher_position": position, "aligned": exact,
+                "teacher_rows": len(teacher_ends[0])}
 
 
-def load_cross_text(path: str, flag: str, tokenizer, teacher_tokenizer, max_len: int, teacher_max_len: int) -> CrossTokenTexts:
-    """A `.txt` file or text records, read by both tokenizers (see the module's docstring)."""
+def load_cross_text(path: str, flag: str, tokenizer, teacher_tokenizer, max_len: int, teacher_max_len: int,
+                    cached: Optional[List[tuple]] = None) -> CrossTokenTexts:
+    """A `.txt` file or text records, read by both tokenizers (see the module's docstring).
+    `cached`: the teacher's side of every record as a cross-tokenizer cache holds it, ([], (ends,
+    kinds)) of its target positions, in place of the teacher's tokenizer (text records only)."""
+    if cached is not None and path.endswith(".txt"):
+        raise InputError(f"{flag}: a cross-tokenizer cache (--teacher_logits) pairs text records, not the blocks of a .txt file "
+                         "(they are cut by the student's tokens); give the text as records ({\"text\": ...})")
     if path.endswith(".txt"):
         texts, unit, read = _text_blocks(path, flag, tokenizer, max_len)
         special = False
@@ -68,7 +75,10 @@ def load_cross_text(path: str, flag: str, tokenizer, teacher_tokenizer, max_len:
         texts = [records.column(i, "text", "text field") for i in range(len(records))]
         unit, read, special = "text records", "", True
     student = [_tokens(t, tokenizer, special, max_len) for t in texts]
-    teacher = [_tokens(t, teacher_tokenizer, special, teacher_max_len) for t in texts]
+    if cached is not None and len(cached) != len(texts):
+        raise InputError(f"{flag}: the cache (--teacher_logits) holds {len(cached)} examples, '{path}' has {len(texts)} records: "
+                         "it was made from other data")
+    teacher = cached or [_tokens(t, teacher_tokenizer, special, teacher_max_len) for t in texts]
     kept = [i for i, (ids, _) in enumerate(student) if len(ids) >= 2]  # one token predicts nothing
     if not kept:
         raise InputError(f"{flag}: '{path}' has no text of 2 tokens or more")
@@ -105,8 +115,8 @@ def _text_blocks(path: str, flag: str, tokenizer, max_len: int) -> tuple:
 
 def collate_cross(examples: List[Dict], pad_id: int, teacher_pad_id: int) -> Dict[str, torch.Tensor]:
     """collate_lm's batch of the student's ids, and the teacher's: teacher_input_ids,
-    teacher_attention_mask [B, S_t]; teacher_position [B, S] (-1: none, and on padding) and
-    aligned [B, S] bool, per student position."""
+    teacher_attention_mask [B, S_t] (S_t = 0 from a cache); teacher_position [B, S] (-1: none, and
+    on padding) and aligned [B, S] bool, per student position; teacher_rows [B]."""
     batch = collate_lm(examples, pad_id, with_labels=True)
     teacher = collate_lm([{"input_ids": e["teacher_ids"], "index": e["index"]} for e in examples], teacher_pad_id, with_labels=True)
     batch["teacher_input_ids"], batch["teacher_attention_mask"] = teacher["input_ids"], teacher["attention_mask"]
@@ -117,4 +127,5 @@ def collate_cross(examples: List[Dict], pad_id: int, teacher_pad_id: int) -> Dic
         position[row, : len(e["teacher_position"])] = torch.tensor(e["teacher_position"])
         aligned[row, : len(e["aligned"])] = torch.tensor(e["aligned"])
     batch["teacher_position"], batch["aligned"] = position, aligned
+    batch["teacher_rows"] = torch.tensor([e["teacher_rows"] for e in examples])  # the teacher positions each example has
     return batch

@@ -67,6 +67,10 @@ class CausalLM(Objective):
         positions = flat_positions(shifted != IGNORE)
         return positions, shifted.reshape(-1)[positions]
 
+    def teacher_target_rows(self, batch) -> int:
+        """The rows a cache holds for this batch (--teacher_logits): one per target."""
+        return len(self.token_rows(batch)[0])
+
     def counts(self, batch):
         predicted = (batch["labels"][:, 1:] != IGNORE).sum()
         return {"task": predicted, "rows": predicted, "tokens": batch["attention_mask"].sum()}

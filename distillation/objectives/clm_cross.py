@@ -18,6 +18,7 @@ from distillation.data.cross_text import collate_cross, load_cross_text
 from distillation.data.lm_seqs_dataset import is_binarized_path
 from distillation.errors import InputError
 from distillation.models import max_positions
+from distillation.offline_logits import SparseTargets, cached_offsets, read_manifest
 from distillation.objectives.clm import CausalLM, shift_labels
 from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, token_stats
 
@@ -30,6 +31,9 @@ class CrossTokenizerCLM(CausalLM):
         self.teacher_max_len = (teacher_config and max_positions(teacher_config)) or 1_000_000
         student_ids, teacher_ids = shared_vocabulary(tokenizer, teacher_tokenizer)
         self.shared = (torch.tensor(student_ids), torch.tensor(teacher_ids))  # [M] each: the tokens both spell alike
+        self.teacher_to_student = torch.full((self.teacher_columns,), -1, dtype=torch.long)  # -1: the teacher's only
+        self.teacher_to_student[self.shared[1]] = self.shared[0]
+        self.sparse = cfg.teacher_logits is not None  # a cross-tokenizer cache's top-k, not the teacher's logits
         self.teacher_pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else (
             teacher_tokenizer.eos_token_id or 0)
 
@@ -43,7 +47,10 @@ class CrossTokenizerCLM(CausalLM):
         if is_binarized_path(path):
             raise InputError(f"{flag}: '{path}' is binarized (the student's token ids only); a teacher with another tokenizer "
                              "(--teacher_tokenizer) needs the text: give the .txt file or text records")
-        return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len)
+        # A cross-tokenizer cache (--teacher_logits) holds where its training targets' tokens end;
+        # evaluation has no cached teacher, so the held-out text is only read by the student's side.
+        cached = cached_offsets(self.cfg.teacher_logits, read_manifest(self.cfg.teacher_logits)) if self.sparse and flag == "--data_file" else None
+        return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len, cached)
 
     def collate(self, examples):
         return collate_cross(examples, self.tokenizer.pad_token_id, self.teacher_pad_id)
@@ -53,17 +60,32 @@ class CrossTokenizerCLM(CausalLM):
 
     def _paired(self, batch):
         """([N] flat student positions that predict a target and have a teacher position,
-        [N] the flat teacher positions, [N] bool: the two end at one character)."""
+        [N] the teacher rows paired with them: flat positions of its [B, S_t] logits, or of a
+        cache's rows (each example's target positions in turn), [N] bool: the two end at one character)."""
         positions, _ = self.token_rows(batch)
         teacher = batch["teacher_position"].reshape(-1)[positions]
         has = teacher >= 0
         rows = positions[has] // batch["input_ids"].shape[1]
-        return positions[has], rows * batch["teacher_input_ids"].shape[1] + teacher[has], batch["aligned"].reshape(-1)[positions[has]]
+        if self.sparse:
+            first = torch.cumsum(batch["teacher_rows"], 0) - batch["teacher_rows"]  # each example's first cached row
+            t_rows = first[rows] + teacher[has]
+        else:
+            t_rows = rows * batch["teacher_input_ids"].shape[1] + teacher[has]
+        return positions[has], t_rows, batch["aligned"].reshape(-1)[positions[has]]
 
     def distill_rows(self, student_logits, teacher_logits, batch):
-        """([N, V_s] student rows, [N, V_t] the teacher rows paired with them)."""
-        s_positions, t_positions, _ = self._paired(batch)
-        return gather_rows(student_logits, s_positions, self.columns), gather_rows(teacher_logits, t_positions, self.teacher_columns)
+        """([N, V_s] student rows, [N, V_t] the teacher rows paired with them, or their
+        SparseTargets from a cache)."""
+        s_positions, t_rows, _ = self._paired(batch)
+        student = gather_rows(student_logits, s_positions, self.columns)
+        if isinstance(teacher_logits, SparseTargets):
+            return student, SparseTargets(teacher_logits.method, teacher_logits.ids[t_rows], teacher_logits.values[t_rows],
+                                          tail=teacher_logits.tail[t_rows], rest_as_one=teacher_logits.rest_as_one)
+        return student, gather_rows(teacher_logits, t_rows, self.teacher_columns)
+
+    def teacher_target_rows(self, batch) -> int:
+        """The rows a cache holds for this batch: its teacher's target positions."""
+        return int(batch["teacher_rows"].sum())
 
     def exact_rows(self, batch) -> torch.Tensor:
         """[N] bool, for the rows of distill_rows: the two positions end at the same character."""

@@ -20,9 +20,13 @@ def cached_teacher(cfg, objective, tokenizer, train_dataset, env) -> "CachedTeac
     manifest = read_manifest(cfg.teacher_logits)
     if not os.path.isfile(cfg.data_file):
         raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
-    check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
-    check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
-                   "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
+    if getattr(objective, "teacher_tokenizer", None) is None:
+        check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
+        check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
+                       "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
+    else:  # a cross-tokenizer cache: the student tokenises the same records its own way, at its own length
+        check_identity(manifest, run_identity(cfg, objective.teacher_tokenizer, len(train_dataset)),
+                       skip=("tokenizer_sha256", "max_seq_length"))
     if manifest["method"] != "full" and cfg.alpha_mse:
         raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")
     if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":
@@ -81,7 +85,7 @@ class CachedTeacher:
         # numpy's concatenate copies (memmaps are read-only) and, unlike torch.cat, is outside
         # autocast: CPU bf16 autocast refuses to concatenate the cache's fp16 values.
         cat = {n: torch.from_numpy(np.concatenate(p)).to(self.device) for n, p in parts.items()}
-        expected = len(self.objective.token_rows(batch)[0]) if self.sparse else len(batch["index"])
+        expected = self.objective.teacher_target_rows(batch) if self.sparse else len(batch["index"])
         if len(cat["values"]) != expected:
             raise InputError(f"--teacher_logits: the cache holds {len(cat['values'])} rows for this batch, the data gives "
                              f"{expected}: it was made from other data or settings")
