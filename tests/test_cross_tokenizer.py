@@ -388,3 +388,23 @@ def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_p
     assert train_in_process(["--objective", "clm", "--teacher_logits", tmp_path / "cache", "--student_name", folders["student"],
                              "--data_file", tmp_path / "train.jsonl", "--dump_path", dump, "--temperature", T, "--n_epoch", 1]) == 0
     assert all(math.isfinite(m["loss_ce"]) for m in read_metrics(dump) if "loss_ce" in m)
+
+
+def test_a_run_with_another_tokenizer_at_one_and_two_processes(tmp_path, cross_pair):
+    """The same global batch at 1 process and at 2 (ddp): the same losses step for step and the
+    same student (each rank aligns its own examples; the sums are normalised by the step's counts)."""
+    from conftest import TORCHRUN, final_weights, run_train
+
+    student_tok, teacher_tok, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": line} for line in lines[:32]])
+    common = ["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"], "--data_file",
+              tmp_path / "train.jsonl", "--no-group_by_size", "--log_interval", 1, "--n_epoch", 1, "--max_grad_norm", 1e9]
+    one = run_train([str(a) for a in (*common, "--batch_size", 8, "--dump_path", tmp_path / "one")])
+    two = run_train([str(a) for a in (*common, "--batch_size", 4, "--dump_path", tmp_path / "two")], launcher=TORCHRUN)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    l1 = [r["loss_ce"] for r in read_metrics(tmp_path / "one") if "loss_ce" in r]
+    l2 = [r["loss_ce"] for r in read_metrics(tmp_path / "two") if "loss_ce" in r]
+    assert len(l1) == 4 and l2 == pytest.approx(l1, rel=1e-4)
+    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
