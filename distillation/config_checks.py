@@ -50,8 +50,7 @@ def check_cross(cfg, need=None) -> None:
          "or --teacher_logits (a cross-tokenizer cache)")
     need(cfg.teacher_name is not None or cfg.teacher_logits is not None,
          f"{why}: give the teacher as --teacher_name (a local model) or --teacher_logits (a cross-tokenizer cache)")
-    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate", "on_policy_fraction")
-                   if getattr(cfg, f)]
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate") if getattr(cfg, f)]
     need(not unsupported, f"{why}: --{unsupported[0] if unsupported else ''} is not supported with it (the two models' "
          "positions and vocabularies differ); drop it")
 

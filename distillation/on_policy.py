@@ -127,9 +127,9 @@ class OnPolicy:
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         with self._generating(model) as draw:
             answers = draw(input_ids, attention_mask)
-        examples = [{"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index}
-                    for prompt, (answer, _), index in zip(prompts, answers, batch["index"].tolist())]
-        rebuilt = self.objective.collate(examples)
+        examples = [{"input_ids": prompt + answer, "prompt_len": len(prompt), "index": index, "ended": ended}
+                    for prompt, (answer, ended), index in zip(prompts, answers, batch["index"].tolist())]
+        rebuilt = self.objective.with_answers(batch, examples)
         return {k: v.to(device) for k, v in rebuilt.items()}
 
 

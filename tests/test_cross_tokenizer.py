@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, BertTokenizerFast, LlamaConfig, LlamaFor
 
 from conftest import read_metrics, save_model, train_in_process, write_jsonl
 from distillation.data.alignment import EMPTY, PART, WHOLE, align, token_ends
+from distillation.data.lm_text import ALPACA_PROMPT_NO_INPUT
 from distillation.losses import DIVERGENCES, uld
 from distillation.objectives.clm import CausalLM
 from distillation.objectives.clm_cross import CrossTokenizerCLM
@@ -148,16 +149,26 @@ def text_records(path, n=6, seed=3):
     return str(path)
 
 
-@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])
-def test_one_tokenizer_through_the_cross_path_equals_the_one_tokenizer_divergence(tmp_path, divergence):
+def instruction_records(path, n=6, seed=3):
+    rows = [{"instruction": f"say {' '.join(line.split()[:2])}", "output": line, "ended_with_eos": i % 3 != 2}
+            for i, line in enumerate(sentences(n, seed=seed, min_clauses=1, max_clauses=3))]
+    write_jsonl(str(path), rows)
+    return str(path)
+
+
+@pytest.mark.parametrize("divergence,data", [("forward_kl", "text"), ("reverse_kl", "text"), ("jsd", "text"), ("tvd", "text"),
+                                             ("forward_kl", "instructions")])
+def test_one_tokenizer_through_the_cross_path_equals_the_one_tokenizer_divergence(tmp_path, divergence, data):
     tok = causal_tokenizer(str(tmp_path / "tok"))
-    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0, divergence=divergence)
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0,
+                 divergence=divergence, prompt_template="Q: {instruction} A:")
     cross, plain = CrossTokenizerCLM(cfg, tok, None, tok), CausalLM(cfg, tok)
-    data = text_records(tmp_path / "train.jsonl")
+    data = (text_records if data == "text" else instruction_records)(tmp_path / "train.jsonl")
     cross_items = [cross.load_dataset(data, "--data_file")[i] for i in range(6)]
     plain_items = [plain.load_dataset(data, "--data_file")[i] for i in range(6)]
     assert [e["input_ids"] for e in cross_items] == [e["input_ids"] for e in plain_items]
-    assert all(e["teacher_ids"] == e["input_ids"] and all(e["aligned"]) for e in cross_items)
+    assert [e["prompt_len"] for e in cross_items] == [e["prompt_len"] for e in plain_items]
+    assert all(e["teacher_ids"] == e["input_ids"] and all(e["aligned"][max(e["prompt_len"] - 1, 0):]) for e in cross_items)
     cross_batch, plain_batch = cross.collate(cross_items), plain.collate(plain_items)
     torch.manual_seed(0)
     shape = (*cross_batch["input_ids"].shape, len(tok))
@@ -239,16 +250,17 @@ def cross_models(tmp_path, student_tok, teacher_tok):
 
 
 def teacher_bits_per_byte(folder, tok, texts):
-    """The teacher's NLL of its own tokens of `texts` (its specials, one EOS) in bits, over the
-    UTF-8 bytes its targets spell: computed here one text at a time."""
+    """The teacher's NLL of its own tokens of `texts` (one EOS after each) in bits, over the UTF-8
+    bytes its targets spell (the text after its first token): computed here one text at a time."""
     model = LlamaForCausalLM.from_pretrained(folder).eval()
     nll = n_bytes = 0.0
     for text in texts:
-        ids = tok(text)["input_ids"] + [tok.eos_token_id]
+        encoded = tok(text, return_offsets_mapping=True)
+        ids = encoded["input_ids"] + [tok.eos_token_id]
         with torch.no_grad():
             log_p = model(input_ids=torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
         nll -= log_p.gather(-1, torch.tensor(ids[1:])[:, None]).sum().item()
-        n_bytes += len(tok.decode(ids[1:], skip_special_tokens=True).encode("utf-8"))
+        n_bytes += len(text[encoded["offset_mapping"][0][1] :].encode("utf-8"))
     return nll / math.log(2) / n_bytes
 
 
@@ -290,7 +302,7 @@ def test_the_same_tokenizer_given_as_the_teachers_takes_the_one_tokenizer_path(t
     assert type(distiller.token_losses) is DenseTokenLosses
 
 
-@pytest.mark.parametrize("case", ["binarized", "instructions", "mlm", "served", "chunked"])
+@pytest.mark.parametrize("case", ["binarized", "mlm", "served", "chunked"])
 def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair, capsys, case):
     from lm_helpers import write_binarized
 
@@ -302,9 +314,6 @@ def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair
     if case == "binarized":
         data = write_binarized(tmp_path / "data.pickle", student_tok, lines[:16])
         expected = "binarized"
-    elif case == "instructions":
-        write_jsonl(str(data), [{"instruction": "say", "output": line} for line in lines[:16]])
-        expected = "instruction records"
     elif case == "mlm":
         extra = ["--objective", "mlm"]
         expected = "--objective mlm"
@@ -408,3 +417,104 @@ def test_a_run_with_another_tokenizer_at_one_and_two_processes(tmp_path, cross_p
     assert len(l1) == 4 and l2 == pytest.approx(l1, rel=1e-4)
     w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+
+
+def test_instruction_records_each_prompt_in_its_models_template_paired_at_the_response(tmp_path, cross_pair):
+    """The student's prompt in Alpaca's template (its tokenizer has no chat template), the
+    teacher's in its chat template: the last prompt tokens pair exactly (both predict the
+    response's first token), and the teacher is scored on the response only."""
+    student_tok, teacher_tok, lines = cross_pair
+    teacher_tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}<s>"
+    teacher_tok.save_pretrained(str(tmp_path / "teacher_tok"))
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, max_seq_length=128)
+    objective = CrossTokenizerCLM(cfg, student_tok, None, teacher_tok)
+    data = objective.load_dataset(instruction_records(tmp_path / "train.jsonl", n=8), "--data_file")
+    records = [json.loads(line) for line in open(tmp_path / "train.jsonl")]
+    for i, record in enumerate(records):
+        item = data[i]
+        n, m = item["prompt_len"], item["teacher_prompt_len"]
+        assert item["teacher_ids"][:m] == teacher_tok.apply_chat_template([{"role": "user", "content": record["instruction"]}],
+                                                                          add_generation_prompt=True)["input_ids"]
+        assert item["input_ids"][:n] == student_tok(ALPACA_PROMPT_NO_INPUT.format(instruction=record["instruction"]))["input_ids"]
+        response = teacher_tok(record["output"], add_special_tokens=False)["input_ids"]
+        assert item["teacher_ids"][m:] == response + [teacher_tok.eos_token_id] * record["ended_with_eos"]
+        assert item["teacher_position"][n - 1] == m - 1 and item["aligned"][n - 1]
+        assert all(j >= m - 1 for j in item["teacher_position"][n - 1 :])
+    write_jsonl(str(tmp_path / "eval.jsonl"), records)
+    dump = tmp_path / "run"
+    assert train_in_process(["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"],
+                             "--teacher_tokenizer", tmp_path / "teacher_tok", "--data_file", tmp_path / "train.jsonl",
+                             "--eval_file", tmp_path / "eval.jsonl", "--dump_path", dump, "--n_epoch", 1, "--batch_size", 4]) == 0
+    # the teacher's bits per byte: its NLL of each response (and EOS) after its own prompt, over the responses' bytes
+    model = LlamaForCausalLM.from_pretrained(folders["teacher"]).eval()
+    nll = n_bytes = 0.0
+    for record in records:
+        prompt = teacher_tok.apply_chat_template([{"role": "user", "content": record["instruction"]}], add_generation_prompt=True)["input_ids"]
+        ids = prompt + teacher_tok(record["output"], add_special_tokens=False)["input_ids"] + [teacher_tok.eos_token_id] * record["ended_with_eos"]
+        with torch.no_grad():
+            log_p = model(input_ids=torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
+        nll -= log_p.gather(-1, torch.tensor(ids[1:])[:, None])[len(prompt) - 1 :].sum().item()
+        n_bytes += len(record["output"].encode("utf-8"))
+    evals = [m for m in read_metrics(dump) if "eval_teacher_bits_per_byte" in m]
+    assert evals[-1]["eval_teacher_bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)
+
+
+def test_a_sampled_answers_offsets_from_decoding_equal_the_tokenizers_own_on_random_texts(real_tokenizers):
+    """On-policy answers are ids with no text: their offsets come from decoding prefixes. On 300
+    random texts SmolLM2's own offsets of its tokens are the same, characters split into bytes included."""
+    from distillation.data.cross_text import _decoded
+
+    smol, _ = real_tokenizers
+    rng = random.Random(1)
+    for _ in range(300):
+        text = random_text(rng)
+        encoded = smol(text, return_offsets_mapping=True, add_special_tokens=False)
+        decoded, ends = _decoded(encoded["input_ids"], smol)
+        assert decoded == text and ends == token_ends(encoded["offset_mapping"]), text
+
+
+def test_on_policy_answers_are_re_tokenised_for_the_teacher_after_its_own_prompt(real_tokenizers):
+    from distillation.data.cross_text import with_answers
+
+    smol, bert = real_tokenizers
+    answer = smol("Héllo ™ wörld", add_special_tokens=False)["input_ids"]
+    examples = [{"input_ids": [7, 8, 9] + answer + [smol.eos_token_id], "prompt_len": 3, "index": 4, "ended": True},
+                {"input_ids": [7, 8] + answer[:3], "prompt_len": 2, "index": 5, "ended": False}]
+    data = with_answers(examples, [[101, 2000, 2001], [101, 2002]], smol, bert, 512)
+    first, second = data[0], data[1]
+    assert first["teacher_ids"] == [101, 2000, 2001] + bert("Héllo ™ wörld", add_special_tokens=False)["input_ids"]  # no EOS in BERT
+    assert first["teacher_position"][2] == 2 and first["aligned"][2]  # the last prompt tokens: both predict the answer's start
+    pieces = smol.convert_ids_to_tokens(answer)
+    mark = pieces.index("¢") + 3  # the last byte of "™" (3 prompt tokens before the answer)
+    assert first["aligned"][mark] and bert.convert_ids_to_tokens([first["teacher_ids"][first["teacher_position"][mark]]]) == ["™"]
+    assert not first["aligned"][mark - 1]  # the byte before it ends inside the character
+    assert second["teacher_ids"] == [101, 2002] + bert(smol.decode(answer[:3]), add_special_tokens=False)["input_ids"]
+
+
+def test_on_policy_steps_with_another_tokenizer(tmp_path, cross_pair):
+    student_tok, teacher_tok, _ = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0,
+                 prompt_template="Q: {instruction} A:")
+    objective = CrossTokenizerCLM(cfg, student_tok, None, teacher_tok)
+    data = objective.load_dataset(instruction_records(tmp_path / "train.jsonl", n=8), "--data_file")
+    items = [data[i] for i in range(4)]
+    answers = [student_tok("the movie was", add_special_tokens=False)["input_ids"], student_tok("a plot", add_special_tokens=False)["input_ids"]
+               + [student_tok.eos_token_id]] * 2
+    examples = [{"input_ids": e["input_ids"][: e["prompt_len"]] + a, "prompt_len": e["prompt_len"], "index": e["index"],
+                 "ended": a[-1] == student_tok.eos_token_id} for e, a in zip(items, answers)]
+    rebuilt = objective.with_answers(objective.collate(items), examples)
+    for row, (e, a) in enumerate(zip(items, answers)):
+        m = e["teacher_prompt_len"]
+        text = student_tok.decode(a, skip_special_tokens=True)
+        want = e["teacher_ids"][:m] + teacher_tok(text, add_special_tokens=False)["input_ids"] + [teacher_tok.eos_token_id] * (a[-1] == student_tok.eos_token_id)
+        assert rebuilt["teacher_input_ids"][row, : len(want)].tolist() == want
+        assert int(rebuilt["teacher_attention_mask"][row].sum()) == len(want)
+    dump = tmp_path / "run"
+    assert train_in_process(["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"],
+                             "--data_file", instruction_records(tmp_path / "train.jsonl", n=8), "--prompt_template",
+                             "Q: {instruction} A:", "--on_policy_fraction", 1, "--max_new_tokens", 6, "--dump_path", dump,
+                             "--n_epoch", 1, "--batch_size", 4, "--log_interval", 1]) == 0
+    losses = [m["loss_ce_on_policy"] for m in read_metrics(dump) if "loss_ce_on_policy" in m]
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)

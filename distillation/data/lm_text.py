@@ -94,16 +94,7 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
     records = read_records(path, flag)
     if "text" in records[0] and "instruction" not in records[0]:
         return _text_records(records, tokenizer, max_len, routes)
-    if "instruction" not in records[0] or "output" not in records[0]:
-        raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
-                               "instruction/input/output records, text records, a .txt file or a binarized dataset")
-    prompts, outputs, ended = [], [], []
-    for i, record in enumerate(records):
-        instruction = records.column(i, "instruction", "instruction field")
-        extra = records.column(i, "input", "input field", nullable=True) if "input" in record else None
-        outputs.append(records.column(i, "output", "output field"))
-        ended.append("ended_with_eos" not in record or records.column(i, "ended_with_eos", "ended_with_eos field", kinds=(bool,)))
-        prompts.append((instruction, extra or ""))
+    prompts, outputs, ended = instruction_fields(records)
     teachers = route_ids(records, *routes) if routes else [None] * len(records)  # --teacher_column
     prompt_ids = encode_prompts(prompts, tokenizer, template)
     responses = tokenizer(outputs, add_special_tokens=False)["input_ids"]
@@ -119,6 +110,21 @@ def load_instructions(path: str, flag: str, tokenizer, max_len: int, template: O
         raise InputError(f"{flag}: every prompt of '{path}' is at least --max_seq_length={max_len} tokens long: no response is left to learn")
     return TokenSequences(input_ids, prompt_lens, tokenizer.unk_token_id, dropped=len(records) - len(input_ids),
                           routes=kept_routes if routes else None)
+
+
+def instruction_fields(records) -> Tuple[List[Tuple[str, str]], List[str], List[bool]]:
+    """([(instruction, input)], [output], [ended with EOS]) of instruction records, each field checked."""
+    if "instruction" not in records[0] or "output" not in records[0]:
+        raise records.error(0, f"no 'instruction' and 'output' fields (has {', '.join(map(str, records[0]))}); clm reads "
+                               "instruction/input/output records, text records, a .txt file or a binarized dataset")
+    prompts, outputs, ended = [], [], []
+    for i, record in enumerate(records):
+        instruction = records.column(i, "instruction", "instruction field")
+        extra = records.column(i, "input", "input field", nullable=True) if "input" in record else None
+        outputs.append(records.column(i, "output", "output field"))
+        ended.append("ended_with_eos" not in record or records.column(i, "ended_with_eos", "ended_with_eos field", kinds=(bool,)))
+        prompts.append((instruction, extra or ""))
+    return prompts, outputs, ended
 
 
 def _text_records(records, tokenizer, max_len: int, routes: Optional[tuple]) -> TokenSequences:

@@ -93,6 +93,11 @@ class Objective(ABC):
         """Tensors fed to both models (the Distiller drops those a model does not accept)."""
         return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
+    def with_answers(self, batch: Batch, examples: list) -> Batch:
+        """The batch of `examples` ({"input_ids": prompt + the student's own answer, "prompt_len",
+        "index", "ended"}: on-policy samples of `batch`'s prompts) in place of `batch`."""
+        return self.collate(examples)
+
     def teacher_inputs(self, batch: Batch) -> Batch:
         """Tensors fed to the teacher: the student's (a teacher with another tokenizer reads its own ids)."""
         return self.model_inputs(batch)

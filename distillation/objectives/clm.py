@@ -96,13 +96,11 @@ class CausalLM(Objective):
         stats["bytes"] = torch.tensor([float(self._text_bytes(targets, rows))])
         return stats
 
-    def _text_bytes(self, targets, rows, tokenizer=None) -> int:
-        """UTF-8 bytes of the text the targets spell in `tokenizer`'s tokens (the run's), sequence
-        by sequence (special tokens spell none); `rows` [N] the sequence of each target, in order
-        (flat positions are)."""
-        tokenizer = tokenizer or self.tokenizer
+    def _text_bytes(self, targets, rows) -> int:
+        """UTF-8 bytes of the text the targets spell, sequence by sequence (special tokens spell
+        none); `rows` [N] the sequence of each target, in order (flat positions are)."""
         sequences = itertools.groupby(zip(rows.tolist(), targets.tolist()), key=lambda pair: pair[0])
-        return sum(len(tokenizer.decode([t for _, t in pairs], skip_special_tokens=True).encode("utf-8")) for _, pairs in sequences)
+        return sum(len(self.tokenizer.decode([t for _, t in pairs], skip_special_tokens=True).encode("utf-8")) for _, pairs in sequences)
 
     def eval_metrics(self, stats):
         """token_metrics, and bits per byte: the NLL of every target in bits over the UTF-8 bytes of

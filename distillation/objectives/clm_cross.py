@@ -14,7 +14,7 @@ the bytes each one's targets spell, is the number that compares them.
 import torch
 
 from distillation.data.alignment import shared_vocabulary
-from distillation.data.cross_text import collate_cross, load_cross_text
+from distillation.data.cross_text import collate_cross, load_cross_text, with_answers
 from distillation.data.lm_seqs_dataset import is_binarized_path
 from distillation.errors import InputError
 from distillation.models import max_positions
@@ -50,10 +50,17 @@ class CrossTokenizerCLM(CausalLM):
         # A cross-tokenizer cache (--teacher_logits) holds where its training targets' tokens end;
         # evaluation has no cached teacher, so the held-out text is only read by the student's side.
         cached = cached_offsets(self.cfg.teacher_logits, read_manifest(self.cfg.teacher_logits)) if self.sparse and flag == "--data_file" else None
-        return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len, cached)
+        return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len, cached,
+                               self.cfg.prompt_template)
 
     def collate(self, examples):
         return collate_cross(examples, self.tokenizer.pad_token_id, self.teacher_pad_id)
+
+    def with_answers(self, batch, examples):
+        """On-policy: the student's answers detokenised, and re-tokenised after the teacher's own prompts."""
+        prompts = [ids[:n].tolist() for ids, n in zip(batch["teacher_input_ids"], batch["teacher_prompt_len"].tolist())]
+        answers = with_answers(examples, prompts, self.tokenizer, self.teacher_tokenizer, self.teacher_max_len)
+        return self.collate([{**answers[i], "index": e["index"]} for i, e in enumerate(examples)])
 
     def teacher_inputs(self, batch):
         return {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
@@ -93,8 +100,9 @@ class CrossTokenizerCLM(CausalLM):
 
     def eval_batch(self, student_logits, teacher_logits, batch):
         """The student's statistics on its tokens (CausalLM's), the teacher's on its own tokens
-        (`teacher_*`, `teacher_bytes`: the bytes its targets spell)."""
+        (`teacher_*`); `bytes` and `teacher_bytes`: what each side's targets spell, by their offsets."""
         stats = super().eval_batch(student_logits, None, batch)
+        stats["bytes"] = batch["bytes"].sum().reshape(1).cpu()  # from the offsets: exact whatever a tokenizer's decode adds
         if teacher_logits is None:
             return stats
         targets_all = shift_labels(batch["teacher_labels"])
@@ -103,6 +111,5 @@ class CrossTokenizerCLM(CausalLM):
         special = torch.tensor(sorted(set(self.teacher_tokenizer.all_special_ids)), device=targets.device)
         stats.update(token_stats(teacher_logits, positions, targets, ~torch.isin(targets, special), self.teacher_columns, None, 0,
                                  "teacher_"))
-        rows = positions // batch["teacher_input_ids"].shape[1]
-        stats["teacher_bytes"] = torch.tensor([float(self._text_bytes(targets, rows, self.teacher_tokenizer))])
+        stats["teacher_bytes"] = batch["teacher_bytes"].sum().reshape(1).cpu()
         return stats
