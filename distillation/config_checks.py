@@ -45,11 +45,12 @@ def check_cross(cfg, need=None) -> None:
     need(cfg.objective == "clm", f"{why}: --objective {cfg.objective} is not supported; it is for clm")
     if cfg.teacher_tokenizer is not None:
         need(cfg.teacher_logits is None, "--teacher_tokenizer: a cache (--teacher_logits) holds its teacher's tokenizer; drop it")
-    other = next((f for f in ("teacher_url", "teachers") if getattr(cfg, f) is not None), None)
-    need(other is None, f"{why}: --{other} is not supported with it yet; give the teacher as --teacher_name (a local model) "
-         "or --teacher_logits (a cross-tokenizer cache)")
-    need(cfg.teacher_name is not None or cfg.teacher_logits is not None,
-         f"{why}: give the teacher as --teacher_name (a local model) or --teacher_logits (a cross-tokenizer cache)")
+    need(cfg.teachers is None, f"{why}: --teachers is not supported with it yet; give one teacher (--teacher_name, --teacher_url "
+         "or --teacher_logits)")
+    need(cfg.teacher_url is None or cfg.teacher_tokenizer is not None,
+         f"{why}: --teacher_url needs --teacher_tokenizer, the served model's tokenizer (hub name or folder), to read the text as it does")
+    need(any(getattr(cfg, f) is not None for f in ("teacher_name", "teacher_url", "teacher_logits")),
+         f"{why}: give the teacher (--teacher_name, --teacher_url or --teacher_logits)")
     unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate") if getattr(cfg, f)]
     need(not unsupported, f"{why}: --{unsupported[0] if unsupported else ''} is not supported with it (the two models' "
          "positions and vocabularies differ); drop it")

@@ -98,7 +98,8 @@ def build(cfg, env):
             for data in (train_dataset, eval_dataset):
                 if data is not None:
                     objective.check_models(teacher, student, data)
-            sources.append(build_teacher(member, objective, tokenizer, teacher, strategy, train_dataset, eval_dataset, env))
+            sources.append(build_teacher(member, objective, teacher_tokenizer or tokenizer, teacher, strategy, train_dataset,
+                                         eval_dataset, env))
     source = several_teachers(cfg, entries, sources, objective, strategy, train_dataset, eval_dataset) if cfg.teachers else sources[0]
     return Distiller(cfg, objective, student, source, tokenizer, train_dataset, eval_dataset, env, strategy), fresh
 

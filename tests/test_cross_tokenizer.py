@@ -302,7 +302,7 @@ def test_the_same_tokenizer_given_as_the_teachers_takes_the_one_tokenizer_path(t
     assert type(distiller.token_losses) is DenseTokenLosses
 
 
-@pytest.mark.parametrize("case", ["binarized", "mlm", "served", "chunked"])
+@pytest.mark.parametrize("case", ["binarized", "mlm", "served", "several", "chunked"])
 def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair, capsys, case):
     from lm_helpers import write_binarized
 
@@ -317,16 +317,20 @@ def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair
     elif case == "mlm":
         extra = ["--objective", "mlm"]
         expected = "--objective mlm"
-    elif case == "served":
+    elif case == "served":  # nothing answers there
         extra = ["--teacher_url", "http://127.0.0.1:9"]
         expected = "--teacher_url"
+    elif case == "several":
+        (tmp_path / "teachers.json").write_text(json.dumps([{"teacher": folders["teacher"]}]))
+        extra = ["--teachers", tmp_path / "teachers.json"]
+        expected = "--teachers"
     else:
         extra = ["--loss_chunk_rows", "8"]
         expected = "--loss_chunk_rows"
     dump = tmp_path / "run"
     args = ["--objective", "clm", "--teacher_name", folders["teacher"], "--student_name", folders["student"],
             "--teacher_tokenizer", str(tmp_path / "teacher_tok"), "--data_file", data, "--dump_path", dump, *extra]
-    if case == "served":
+    if case in ("served", "several"):
         args = [a for a in args if a not in ("--teacher_name", folders["teacher"])]
     capsys.readouterr()
     assert train_in_process(args) == 2
@@ -335,38 +339,14 @@ def test_what_another_tokenizer_cannot_do_exits_2_naming_it(tmp_path, cross_pair
     assert not dump.exists()
 
 
-def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_path, cross_pair, capsys):
-    """A top-k cache of text records made with the teacher's own tokenizer, read by a student of
-    another: the same loss as the live teacher's top k at the pairs the live texts align to."""
-    from distillation.cli.cache_teacher import main as cache_main
-    from distillation.config import DistillConfig
-    from distillation.distributed import DistEnv
+def live_top_k_loss(teacher_folder, teacher_tok, student_tok, texts, student, batch, k, T):
+    """The aligned loss from the local teacher's own top k, text by text (its tokens, one EOS),
+    at the pairs of both tokenizations' offsets: what a cross-tokenizer cache or a served
+    teacher must give."""
     from distillation.losses import DIVERGENCES, shared_topk_buckets, topk_uld
     from distillation.offline_logits import sparse_targets
-    from distillation.pipeline import build
 
-    student_tok, teacher_tok, lines = cross_pair
-    folders = cross_models(tmp_path, student_tok, teacher_tok)
-    texts = lines[:12]
-    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": t} for t in texts])
-    T, k = 2.0, 5
-    assert cache_main([str(a) for a in ("--teacher_name", folders["teacher"], "--data_file", tmp_path / "train.jsonl", "--dump_path",
-                                        tmp_path / "cache", "--method", "topk", "--k", k, "--temperature", T, "--batch_size", 5,
-                                        "--shard_size", 7)]) == 0
-    assert os.path.isdir(tmp_path / "cache" / "tokenizer")
-    cfg = DistillConfig.from_dict({"objective": "clm", "teacher_logits": str(tmp_path / "cache"), "student_name": folders["student"],
-                                   "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T,
-                                   "alpha_ce": 1.0, "alpha_task": 0.0})
-    distiller, _ = build(cfg, DistEnv())
-    objective, data = distiller.objective, distiller.train_dataset
-    assert isinstance(objective, CrossTokenizerCLM)
-    batch = objective.collate([data[i] for i in range(len(data))])
-    torch.manual_seed(1)
-    student = torch.randn(*batch["input_ids"].shape, len(student_tok)) * 2
-    got = distiller.token_losses(["ce"], student, distiller.teacher.outputs(batch)[0], batch)["ce"].item()
-
-    # the live teacher, text by text: its top k at each target position, paired by the offsets of both tokenizations
-    model = LlamaForCausalLM.from_pretrained(folders["teacher"]).eval()
+    model = LlamaForCausalLM.from_pretrained(teacher_folder).eval()
     t2s = {teacher_tok.get_vocab()[w]: i for w, i in student_tok.get_vocab().items() if w in teacher_tok.get_vocab()}
     rows = {"s": [], "ids": [], "values": [], "tail": [], "exact": []}
     for b, text in enumerate(texts):
@@ -390,7 +370,38 @@ def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_p
     mapped = torch.tensor([[t2s.get(t, -1) for t in row] for row in ids.tolist()])
     assert (mapped >= 0).any() and (mapped < 0).any()
     buckets = shared_topk_buckets(s[exact], mapped[exact], values[exact], tail[exact], T)
-    want = DIVERGENCES["forward_kl"][0](*buckets, 1.0) * T**2 + topk_uld(s[~exact], values[~exact], tail[~exact], T)
+    return DIVERGENCES["forward_kl"][0](*buckets, 1.0) * T**2 + topk_uld(s[~exact], values[~exact], tail[~exact], T)
+
+
+def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_path, cross_pair, capsys):
+    """A top-k cache of text records made with the teacher's own tokenizer, read by a student of
+    another: the same loss as the live teacher's top k at the pairs the live texts align to."""
+    from distillation.cli.cache_teacher import main as cache_main
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    student_tok, teacher_tok, lines = cross_pair
+    folders = cross_models(tmp_path, student_tok, teacher_tok)
+    texts = lines[:12]
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": t} for t in texts])
+    T, k = 2.0, 5
+    assert cache_main([str(a) for a in ("--teacher_name", folders["teacher"], "--data_file", tmp_path / "train.jsonl", "--dump_path",
+                                        tmp_path / "cache", "--method", "topk", "--k", k, "--temperature", T, "--batch_size", 5,
+                                        "--shard_size", 7)]) == 0
+    assert os.path.isdir(tmp_path / "cache" / "tokenizer")
+    cfg = DistillConfig.from_dict({"objective": "clm", "teacher_logits": str(tmp_path / "cache"), "student_name": folders["student"],
+                                   "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T,
+                                   "alpha_ce": 1.0, "alpha_task": 0.0})
+    distiller, _ = build(cfg, DistEnv())
+    objective, data = distiller.objective, distiller.train_dataset
+    assert isinstance(objective, CrossTokenizerCLM)
+    batch = objective.collate([data[i] for i in range(len(data))])
+    torch.manual_seed(1)
+    student = torch.randn(*batch["input_ids"].shape, len(student_tok)) * 2
+    got = distiller.token_losses(["ce"], student, distiller.teacher.outputs(batch)[0], batch)["ce"].item()
+
+    want = live_top_k_loss(folders["teacher"], teacher_tok, student_tok, texts, student, batch, k, T)
     assert got == pytest.approx(want.item(), rel=2e-3)  # the cache keeps fp16 values
     # and a run trains from it
     dump = tmp_path / "trained"
@@ -518,3 +529,42 @@ def test_on_policy_steps_with_another_tokenizer(tmp_path, cross_pair):
                              "--n_epoch", 1, "--batch_size", 4, "--log_interval", 1]) == 0
     losses = [m["loss_ce_on_policy"] for m in read_metrics(dump) if "loss_ce_on_policy" in m]
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+
+
+def test_a_served_teacher_with_another_tokenizer_gives_the_loss_of_its_local_top_k(vllm_teacher, tmp_path, cross_pair):
+    """A real vLLM server over the word-level tokenizer teaches a student of a BPE: its answers at the
+    teacher's own target positions give the loss of the local teacher's top k at the same pairs, and
+    evaluation scores the served teacher on its own tokens (bits per byte against the local forward's)."""
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    url, folder, _ = vllm_teacher
+    _, bpe, lines = cross_pair
+    teacher_tok = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(0)
+    student_cfg = LlamaConfig(vocab_size=len(bpe), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              num_key_value_heads=2, max_position_embeddings=128, bos_token_id=bpe.bos_token_id,
+                              eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id)
+    student_folder = save_model(LlamaForCausalLM(student_cfg), bpe, str(tmp_path / "student"))
+    texts = lines[:10]
+    write_jsonl(str(tmp_path / "train.jsonl"), [{"text": t} for t in texts])
+    k, T = 8, 1.0
+    values = {"objective": "clm", "teacher_url": url, "teacher_tokenizer": folder, "student_name": student_folder,
+              "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T, "teacher_top_k": k,
+              "alpha_ce": 1.0, "alpha_task": 0.0}
+    distiller, _ = build(DistillConfig.from_dict(values), DistEnv())
+    objective, data = distiller.objective, distiller.train_dataset
+    batch = objective.collate([data[i] for i in range(len(data))])
+    student = torch.randn(*batch["input_ids"].shape, len(bpe)) * 2
+    got = distiller.token_losses(["ce"], student, distiller.teacher.outputs(batch)[0], batch)["ce"].item()
+    want = live_top_k_loss(folder, teacher_tok, bpe, texts, student, batch, k, T)
+    assert got == pytest.approx(want.item(), rel=1e-3)
+    eval_texts = sentences(6, seed=9)
+    write_jsonl(str(tmp_path / "eval.jsonl"), [{"text": t} for t in eval_texts])
+    dump = tmp_path / "trained"
+    assert train_in_process(["--objective", "clm", "--teacher_url", url, "--teacher_tokenizer", folder, "--student_name", student_folder,
+                             "--data_file", tmp_path / "train.jsonl", "--eval_file", tmp_path / "eval.jsonl", "--dump_path", dump,
+                             "--teacher_top_k", k, "--n_epoch", 1, "--batch_size", 5]) == 0
+    evals = [m for m in read_metrics(dump) if "eval_teacher_bits_per_byte" in m]
+    assert evals[-1]["eval_teacher_bits_per_byte"] == pytest.approx(teacher_bits_per_byte(folder, teacher_tok, eval_texts), rel=1e-3)

@@ -98,9 +98,10 @@ class Objective(ABC):
         "index", "ended"}: on-policy samples of `batch`'s prompts) in place of `batch`."""
         return self.collate(examples)
 
-    def teacher_inputs(self, batch: Batch) -> Batch:
-        """Tensors fed to the teacher: the student's (a teacher with another tokenizer reads its own ids)."""
-        return self.model_inputs(batch)
+    def teacher_batch(self, batch: Batch) -> Batch:
+        """The batch as the teacher reads it: the student's (a teacher with another tokenizer
+        reads its own ids, labels and prompt lengths: objectives/clm_cross.py)."""
+        return batch
 
     @abstractmethod
     def counts(self, batch: Batch) -> Dict[str, torch.Tensor]:

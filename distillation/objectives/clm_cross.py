@@ -33,7 +33,7 @@ class CrossTokenizerCLM(CausalLM):
         self.shared = (torch.tensor(student_ids), torch.tensor(teacher_ids))  # [M] each: the tokens both spell alike
         self.teacher_to_student = torch.full((self.teacher_columns,), -1, dtype=torch.long)  # -1: the teacher's only
         self.teacher_to_student[self.shared[1]] = self.shared[0]
-        self.sparse = cfg.teacher_logits is not None  # a cross-tokenizer cache's top-k, not the teacher's logits
+        self.sparse = cfg.teacher_logits is not None  # a cross-tokenizer cache's top-k (its offsets are read with the data)
         self.teacher_pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else (
             teacher_tokenizer.eos_token_id or 0)
 
@@ -62,23 +62,32 @@ class CrossTokenizerCLM(CausalLM):
         answers = with_answers(examples, prompts, self.tokenizer, self.teacher_tokenizer, self.teacher_max_len)
         return self.collate([{**answers[i], "index": e["index"]} for i, e in enumerate(examples)])
 
-    def teacher_inputs(self, batch):
-        return {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+    def teacher_batch(self, batch):
+        return {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"],
+                "labels": batch["teacher_labels"], "prompt_len": batch["teacher_prompt_len"], "index": batch["index"]}
 
     def _paired(self, batch):
         """([N] flat student positions that predict a target and have a teacher position,
-        [N] the teacher rows paired with them: flat positions of its [B, S_t] logits, or of a
-        cache's rows (each example's target positions in turn), [N] bool: the two end at one character)."""
+        [N] the teacher rows paired with them: flat positions of its [B, S_t] logits, or the rows
+        of a cache or a server (each example's target positions in turn), [N] bool: the two end at
+        one character)."""
         positions, _ = self.token_rows(batch)
         teacher = batch["teacher_position"].reshape(-1)[positions]
         has = teacher >= 0
         rows = positions[has] // batch["input_ids"].shape[1]
-        if self.sparse:
+        exact = batch["aligned"].reshape(-1)[positions[has]]
+        if self.cfg.teacher_logits:
             first = torch.cumsum(batch["teacher_rows"], 0) - batch["teacher_rows"]  # each example's first cached row
-            t_rows = first[rows] + teacher[has]
-        else:
-            t_rows = rows * batch["teacher_input_ids"].shape[1] + teacher[has]
-        return positions[has], t_rows, batch["aligned"].reshape(-1)[positions[has]]
+            return positions[has], first[rows] + teacher[has], exact
+        t_rows = rows * batch["teacher_input_ids"].shape[1] + teacher[has]
+        if self.cfg.teacher_url:  # the server answers at the teacher's target positions only, in their order
+            targets = self.token_rows(self.teacher_batch(batch))[0]
+            row_of = torch.full((batch["teacher_input_ids"].numel(),), -1, dtype=torch.long, device=targets.device)
+            row_of[targets] = torch.arange(len(targets), device=targets.device)
+            t_rows = row_of[t_rows]
+            kept = t_rows >= 0  # a position past the teacher's last target (its sequence was cut shorter) pairs with none
+            return positions[has][kept], t_rows[kept], exact[kept]
+        return positions[has], t_rows, exact
 
     def distill_rows(self, student_logits, teacher_logits, batch):
         """([N, V_s] student rows, [N, V_t] the teacher rows paired with them, or their

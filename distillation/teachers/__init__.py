@@ -42,7 +42,8 @@ from distillation.teachers.several import SeveralTeachers
 
 def build_teacher(cfg, objective, tokenizer, model, strategy, train_dataset, eval_dataset, env):
     """The run's teacher: the --teacher_logits cache, the --teacher_url server, else the local
-    `model` (None: no teacher) placed by `strategy`."""
+    `model` (None: no teacher) placed by `strategy`. `tokenizer`: the teacher's (the student's,
+    unless it reads another)."""
     if cfg.teacher_logits:
         return cached_teacher(cfg, objective, tokenizer, train_dataset, env)
     if cfg.teacher_url:

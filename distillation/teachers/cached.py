@@ -16,7 +16,8 @@ from distillation.offline_logits import (
 
 
 def cached_teacher(cfg, objective, tokenizer, train_dataset, env) -> "CachedTeacher":
-    """The --teacher_logits cache, once it is known to be of this run's data, tokenizer and settings."""
+    """The --teacher_logits cache, once it is known to be of this run's data, tokenizer (the
+    teacher's, where the student has another) and settings."""
     manifest = read_manifest(cfg.teacher_logits)
     if not os.path.isfile(cfg.data_file):
         raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
@@ -25,7 +26,7 @@ def cached_teacher(cfg, objective, tokenizer, train_dataset, env) -> "CachedTeac
         check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
                        "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
     else:  # a cross-tokenizer cache: the student tokenises the same records its own way, at its own length
-        check_identity(manifest, run_identity(cfg, objective.teacher_tokenizer, len(train_dataset)),
+        check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)),
                        skip=("tokenizer_sha256", "max_seq_length"))
     if manifest["method"] != "full" and cfg.alpha_mse:
         raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")

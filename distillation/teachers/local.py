@@ -101,7 +101,7 @@ class LocalTeacher:
                 self.served += torch.tensor([len(batch["index"]) if cached is not None else 0, len(batch["index"])])
             if cached is not None:
                 return cached, None
-        inputs = {k: v for k, v in self.objective.teacher_inputs(batch).items() if k in self.accepted}
+        inputs = {k: v for k, v in self.objective.model_inputs(self.objective.teacher_batch(batch)).items() if k in self.accepted}
         first, out = final_outputs(self.model, inputs, with_hidden, logits)
         if cache is not None:
             cache.put(batch["index"], first)

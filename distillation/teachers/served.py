@@ -111,13 +111,13 @@ def served_teacher(cfg, objective, tokenizer, env, client: Optional[ServedModel]
     except ServerError as err:
         raise InputError(f"--teacher_url: {err}") from None
     ids, values = answer.ids, answer.logprobs
-    if int(ids.max()) >= objective.columns:
+    if int(ids.max()) >= len(tokenizer):
         raise InputError(f"--teacher_url: the served model {client.model!r} proposes token id {int(ids.max())}, past the run's "
-                         f"tokenizer ({objective.columns} tokens): another tokenizer")
+                         f"tokenizer ({len(tokenizer)} tokens): another tokenizer")
     # Top-k ids and log-probabilities to 2 decimals: the same model answers alike after a restart.
     digest = hashlib.sha256(json.dumps([ids.tolist(), torch.as_tensor(values).round(decimals=2).tolist()]).encode()).hexdigest()
     identity = f"served {client.model!r} of {client.vocab_size} tokens, probe {digest[:16]}"
-    return ServedTeacher(client, objective, cfg, env.device, identity)
+    return ServedTeacher(client, objective, cfg, env.device, identity, len(tokenizer))
 
 
 def _at(answers: list, batch, positions: torch.Tensor) -> tuple:
@@ -175,8 +175,9 @@ class ServedTeacher:
     members = ()  # one teacher (several.py has several)
     warning = None
 
-    def __init__(self, client: ServedModel, objective, cfg, device, identity: str):
+    def __init__(self, client: ServedModel, objective, cfg, device, identity: str, columns: int):
         self.client, self.objective, self.device, self.identity = client, objective, device, identity
+        self.columns = columns  # the served tokenizer's tokens: the ids its answers may hold
         self.k, self.temperature, self.prefetch = cfg.teacher_top_k, cfg.temperature, cfg.teacher_prefetch
         self.form = f"top {self.k} and the rest's mass (served)"  # as a --teacher_url cache's: several routed teachers may mix them
         self.description = (f"served at {client.url} ({client.model!r}): its top {self.k} and the rest's mass a position, "
@@ -186,16 +187,15 @@ class ServedTeacher:
         self.pending = {}  # micro-batch key -> Future of the server's answers for its rows
         self.waited, self.requests = 0.0, 0
 
-    @staticmethod
-    def _sequences(batch) -> list:
-        """Each row's tokens, without its padding."""
-        return [row[m].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"].bool())]
+    def _sequences(self, batch) -> list:
+        """Each row's tokens as the teacher reads them, without its padding."""
+        view = self.objective.teacher_batch(batch)
+        return [row[m].tolist() for row, m in zip(view["input_ids"], view["attention_mask"].bool())]
 
-    @classmethod
-    def _key(cls, batch) -> tuple:
+    def _key(self, batch) -> tuple:
         # By the tokens, not the examples' indices: an on-policy step rebuilds its micro-batches
         # from the student's samples under the same indices, and those must be asked anew.
-        return tuple(map(tuple, cls._sequences(batch)))
+        return tuple(map(tuple, self._sequences(batch)))
 
     def _ask(self, batch) -> None:
         if self._key(batch) not in self.pending:
@@ -222,19 +222,21 @@ class ServedTeacher:
             self.waited += time.time() - started
 
     def outputs(self, batch, with_hidden: bool = False, split: str = "train", logits: bool = True):
-        """(SparseTargets of the batch's target rows, in token_rows' order; None) for training,
+        """(SparseTargets of the batch's target rows (the teacher's, where it reads other tokens), in
+        token_rows' order; None) for training,
         (ServedRows of the batch; None) for evaluation."""
         try:
+            view = self.objective.teacher_batch(batch)
             if split != "train":  # asked now, outside `pending`: a prefetched training batch may hold the same indices
-                return ServedRows(self.client.prompt_logprobs(self._sequences(batch), self.k), batch, self.device, self.check_ids), None
+                return ServedRows(self.client.prompt_logprobs(self._sequences(batch), self.k), view, self.device, self.check_ids), None
             self._ask(batch)  # asked by prepare in a run; here for an on-policy step's samples, or a caller without one
             started = time.time()
             answers = self.pending.pop(self._key(batch)).result()
             self.waited += time.time() - started
         except ServerError as err:
             raise TeacherUnavailable(str(err)) from None
-        positions, _ = self.objective.token_rows(batch)
-        ids, values, _ = _at(answers, batch, positions)
+        positions, _ = self.objective.token_rows(view)
+        ids, values, _ = _at(answers, view, positions)
         self.check_ids(ids)
         values, tail = tempered_buckets(values.float(), self.temperature)
         return SparseTargets("topk", ids.to(self.device), values.to(self.device), tail=tail.to(self.device), rest_as_one=True), None
@@ -278,9 +280,9 @@ class ServedTeacher:
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """TeacherUnavailable if the server proposed an id in `ids` past the run's tokenizer."""
-        if int(ids.max()) >= self.objective.columns:
+        if int(ids.max()) >= self.columns:
             raise TeacherUnavailable(f"the server at {self.client.url} proposed token id {int(ids.max())}, past the run's "
-                                     f"tokenizer ({self.objective.columns} tokens)")
+                                     f"tokenizer ({self.columns} tokens)")
 
     def end_epoch(self, env) -> None:
         """Nothing to share: every rank asks for its own batches."""
