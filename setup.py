@@ -13,7 +13,8 @@ setup(
             f"distil-{name.replace('_', '-')}=distillation.cli.{name}:main"
             for name in ("train", "extract", "extract_distilbert", "binarized_data", "token_counts",
                          "convert_gguf", "demo", "evaluate", "benchmark", "benchmark_losses", "benchmark_scale", "benchmark_offline",
-                         "benchmark_generation", "benchmark_teachers", "cache_teacher", "generate_responses", "check_docs")
+                         "benchmark_generation", "benchmark_teachers", "benchmark_cross_tokenizer", "cache_teacher",
+                         "generate_responses", "check_docs")
         ]
     },
     extras_require={
