@@ -28,7 +28,7 @@ def check_several(cfg, need) -> None:
     """--teachers: what several teachers can teach (teachers/several.py)."""
     need(cfg.teacher_name is None and cfg.teacher_logits is None and cfg.teacher_url is None,
          "give --teachers or one of --teacher_name, --teacher_logits and --teacher_url (the file lists every teacher)")
-    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "loss_chunk_rows", "eval_generate") if getattr(cfg, f)]
+    unsupported = [f for f in ("alpha_mse", "alpha_hidden_mse", "alpha_cos", "eval_generate") if getattr(cfg, f)]
     need(not unsupported, f"--teachers: --{unsupported[0] if unsupported else ''} is not available with several teachers (no one "
          "teacher's logits, hidden states or answers to compare with); drop it")
 

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from distillation.distributed import all_gather_objects, item_seed
+from distillation.objectives.lm import HeadRows
 
 
 @torch.no_grad()
@@ -42,7 +43,8 @@ def evaluate(model, teacher, objective, dataset, batch_size: int, env, autocast,
                 for k, v in objective.eval_batch(_float(s_out), _float(t_out), batch).items():
                     stats.setdefault(k, []).append(v)
                 for j, out in enumerate(alone):
-                    if isinstance(out, torch.Tensor):  # logits; a cache has none at evaluation
+                    out = model.token_losses.member_outputs(j, out) if isinstance(out, torch.Tensor) else out
+                    if isinstance(out, (torch.Tensor, HeadRows)):  # logits (or hidden states); a cache has none at evaluation
                         for k, v in objective.eval_batch(_float(s_out), _float(out), batch).items():
                             if k.startswith("teacher_"):
                                 stats.setdefault(f"{j + 1}:{k}", []).append(v)

@@ -13,7 +13,8 @@ Per process, on N processes:
   the compute dtype (a = 2 under bf16/fp16, 4 in fp32) and, in fp32, both log-probabilities, the
   divergence's terms and the student logits' gradient. --loss_chunk_rows holds that for one
   chunk of rows (plus the final hidden states of both models, 2·a bytes a width a row).
-Several teachers (--teachers): a teacher row each, the local ones' parameters side by side.
+Several teachers (--teachers): a teacher row each, the local ones' parameters side by side; with
+--loss_chunk_rows a chunk holds each local teacher's logits, and their final hidden states count.
 Activations are not counted (they depend on attention kernels, checkpointing and sequence
 length): the plan is a floor, exact for the first four lines (parameter counts read off the
 models, or off their configs on the meta device) and an estimate for the logits.
@@ -61,15 +62,16 @@ def size(n: float) -> str:
 
 def memory_plan(teacher_params: int, teacher_dtype: str, student_params: int, trained_params: int, world_size: int,
                 shard_student: bool, shard_teacher: bool, precision: str, logit_rows: int, columns: int,
-                chunk_rows: int = 0, hidden_sizes: Optional[tuple] = None, teacher_root_params: int = 0) -> Plan:
+                chunk_rows: int = 0, hidden_sizes: Optional[tuple] = None, teacher_root_params: int = 0, teachers: int = 1) -> Plan:
     """Bytes per process (see the module docstring). `teacher_params` 0 for no teacher (or a
-    cache); `logit_rows` per micro-batch; `hidden_sizes` (student, teacher) with `chunk_rows`;
+    cache); `logit_rows` per micro-batch; `hidden_sizes` (student, the teachers' summed) with
+    `chunk_rows`, whose chunk holds the logits of `teachers` teachers (several, chunked);
     `teacher_root_params`: the teacher's parameters outside its transformer blocks."""
     student_share = world_size if shard_student else 1
     teacher_share = world_size if shard_teacher else 1
     compute = TORCH_DTYPES[precision].itemsize
     rows = min(chunk_rows, logit_rows) if chunk_rows else logit_rows
-    models = 2 if teacher_params else 1
+    models = 1 + (teachers if chunk_rows else 1) if teacher_params else 1
     logits = rows * columns * (models * compute + 4 * 4)
     if chunk_rows and hidden_sizes:
         logits += logit_rows * sum(hidden_sizes[:models]) * compute
@@ -88,14 +90,16 @@ def plan_of_run(d) -> Plan:
     # Language models (objective.columns set: the tokenizer's tokens) have a row of logits a token.
     columns = d.objective.columns or student.config.num_labels
     rows = cfg.batch_size * (cfg.max_seq_length if d.objective.columns else 1)
-    hidden = (student.config.hidden_size, teacher.config.hidden_size if teacher is not None else 0)
+    # the teachers' final hidden states (the chunked losses): the teacher's, or each of several local ones'
+    models = [m.model for m in d.teacher.members if m.model is not None] if d.teacher.members else [teacher] * (teacher is not None)
+    hidden = (student.config.hidden_size, sum(m.config.hidden_size for m in models))
     plan = memory_plan(
         teacher_params=d.teacher.parameters() or 0, teacher_dtype=cfg.teacher_dtype or "fp32",
         student_params=sum(p.numel() for p in d.model.parameters()),
         trained_params=sum(p.numel() for p in d.model.parameters() if p.requires_grad),
         world_size=d.env.world_size, shard_student=d.strategy.sharded, shard_teacher=d.strategy.shards_teacher,
         precision=cfg.precision, logit_rows=rows, columns=columns, chunk_rows=cfg.loss_chunk_rows, hidden_sizes=hidden,
-        teacher_root_params=root_parameters(teacher) if teacher is not None else 0)
+        teacher_root_params=root_parameters(teacher) if teacher is not None else 0, teachers=max(len(models), 1))
     if d.teacher.members:  # several teachers side by side: a row each (a served or cached one holds none)
         bytes_of = [memory_plan(m.parameters() or 0, cfg.teacher_dtype or "fp32", 0, 0, d.env.world_size, False,
                                 d.strategy.shards_teacher, cfg.precision, 0, 0,

@@ -19,6 +19,7 @@ from distillation.losses import (
     vocabulary_buckets,
 )
 from distillation.offline_logits import SparseTargets
+from distillation.teachers.several import SeveralHidden
 from distillation.models import final_outputs
 from distillation.objectives.lm import HeadRows, gather_rows
 
@@ -44,6 +45,10 @@ class DenseTokenLosses:
         """What evaluation scores: the models' logits as they come."""
         return student_out, teacher_out
 
+    def member_outputs(self, j, out):
+        """What evaluation scores of teacher j of several alone: its logits as they come."""
+        return out
+
     def _soft_terms(self, wanted, s_rows, t_rows) -> dict:
         terms = {}
         if "ce" in wanted:
@@ -57,16 +62,22 @@ class ChunkedTokenLosses(DenseTokenLosses):
     wants_logits = False
 
     def __init__(self, cfg, objective, student, teacher, student_forward=None):
+        """`teacher`: the run's (teachers/): its model's head, or each of several teachers' heads."""
         super().__init__(cfg, objective)
         self.rows = cfg.loss_chunk_rows
         self.student_head = checked_head(student, "student", student_forward)
-        self.teacher_head = checked_head(teacher, "teacher") if teacher is not None else None
+        models = [m.model for m in teacher.members] if teacher.members else [teacher.model] if teacher.model is not None else []
+        if any(m is None for m in models):
+            raise InputError("--loss_chunk_rows: every teacher of --teachers must be a local model (the chunked losses apply "
+                             "its LM head to its hidden states); use --loss_chunk_rows 0")
+        self.teacher_heads = [checked_head(m, "teacher") for m in models]
 
     def __call__(self, wanted, student_hidden, teacher_hidden, batch) -> dict:
-        """As DenseTokenLosses, from final hidden states: student [B, S, H], teacher [B, S, H_t]."""
+        """As DenseTokenLosses, from final hidden states: student [B, S, H], teacher [B, S, H_t]
+        (or several teachers': teachers/several.SeveralHidden)."""
         positions, targets = self.objective.token_rows(batch)  # [N], [N]: clm distils where it predicts
         h_s = gather_rows(student_hidden, positions)
-        h_t = gather_rows(teacher_hidden, positions) if teacher_hidden is not None else None
+        h_t = _gathered(teacher_hidden, positions)
         wanted = [t for t in ("task", "ce", "mse") if t in wanted]
         sums = [student_hidden.new_zeros((), dtype=torch.float32) for _ in wanted]
         for start in range(0, len(positions), self.rows):
@@ -78,8 +89,15 @@ class ChunkedTokenLosses(DenseTokenLosses):
 
     def eval_outputs(self, student_hidden, teacher_hidden):
         """Final hidden states as HeadRows: evaluation scores them chunk by chunk too."""
-        wrap = lambda hidden, head: None if hidden is None else HeadRows(hidden, head, self.rows)  # noqa: E731
-        return wrap(student_hidden, self.student_head), wrap(teacher_hidden, self.teacher_head)
+        return self.member_outputs(None, student_hidden, self.student_head), self.member_outputs(None, teacher_hidden)
+
+    def member_outputs(self, j, hidden, head=None):
+        """Teacher j's (None: the run's teacher's) final hidden states as HeadRows, for evaluation."""
+        if hidden is None:
+            return None
+        if isinstance(hidden, SeveralHidden):
+            return SeveralRows(hidden, self.teacher_heads, self.rows)
+        return HeadRows(hidden, head or self.teacher_heads[j or 0], self.rows)
 
     def _chunk(self, wanted, h_s, h_t, targets):
         s_logits = self.student_head(h_s)[:, : self.objective.columns]  # [rows, V]
@@ -88,9 +106,34 @@ class ChunkedTokenLosses(DenseTokenLosses):
             terms["task"] = cross_entropy_sum(s_logits, targets)
         if h_t is not None:
             with torch.no_grad():
-                t_logits = self.teacher_head(h_t)[:, : self.objective.columns]
+                t_logits = _teacher_logits(h_t, self.teacher_heads, self.objective.columns)
             terms.update(self._soft_terms(wanted, s_logits, t_logits))
         return tuple(terms[t] for t in wanted)
+
+
+def _gathered(teacher_hidden, positions):
+    """The teacher's final hidden states at `positions` [N]: [N, H_t], or several teachers'."""
+    if teacher_hidden is None:
+        return None
+    return teacher_hidden.gather(positions) if isinstance(teacher_hidden, SeveralHidden) else gather_rows(teacher_hidden, positions)
+
+
+def _teacher_logits(h_t, heads: list, columns: int) -> torch.Tensor:
+    """[n, columns] logits of gathered teacher rows: its head's, or several teachers' routed or mixed."""
+    return h_t.logits(heads, columns) if isinstance(h_t, SeveralHidden) else heads[0](h_t)[:, :columns]
+
+
+class SeveralRows(HeadRows):
+    """Several teachers' final hidden states (SeveralHidden) standing for their routed or mixed
+    logits in evaluation, a chunk of rows at a time."""
+
+    def __init__(self, hidden, heads: list, rows: int):
+        self.several, self.heads, self.rows = hidden, heads, rows
+
+    def chunks(self, positions: torch.Tensor, columns):
+        for start in range(0, len(positions), self.rows):
+            part = slice(start, start + self.rows)
+            yield part, self.several.gather(positions[part]).logits(self.heads, columns)
 
 
 class SparseTokenLosses(DenseTokenLosses):
@@ -155,7 +198,7 @@ def token_losses_for(cfg, objective, student, teacher, student_forward=None):
         return SparseTokenLosses(cfg, objective)
     if not cfg.loss_chunk_rows:
         return DenseTokenLosses(cfg, objective)
-    return ChunkedTokenLosses(cfg, objective, student, teacher.model, student_forward)
+    return ChunkedTokenLosses(cfg, objective, student, teacher, student_forward)
 
 
 @torch.no_grad()

@@ -332,3 +332,45 @@ def test_routed_served_teachers_are_the_served_teacher_alone(vllm_teacher, tmp_p
     # one request a micro-batch and route, asked ahead by prepare: a sub-batch that outputs did
     # not find prefetched would be asked again
     assert all(1 <= t["teacher_requests"] <= 3 for t in summary), summary
+
+
+@pytest.mark.parametrize("how", ["routed", "mixed"])
+def test_chunked_losses_with_several_teachers_equal_the_dense_ones(causal, tmp_path, how):
+    """--loss_chunk_rows: each teacher's LM head on its rows of a chunk (routed), or the chunk's
+    logits of every teacher mixed: the same loss terms and gradients as from the teachers' logits."""
+    from distillation.config import DistillConfig
+    from distillation.distributed import DistEnv
+    from distillation.pipeline import build
+
+    (tmp_path / "mixed.json").write_text(json.dumps([{"teacher": causal["teacher"], "weight": 1}, {"teacher": causal["other"], "weight": 3}]))
+    teachers = {"teachers": causal["local"], "teacher_column": "domain"} if how == "routed" else {"teachers": str(tmp_path / "mixed.json")}
+    from distillation.evaluation import evaluate
+
+    results = {}
+    for chunk in (0, 5):
+        values = {"objective": "clm", "student_name": causal["student"], "data_file": causal["text"], "eval_file": causal["text"],
+                  "dump_path": str(tmp_path / f"c{chunk}"), "max_seq_length": 64, "alpha_ce": 0.5, "alpha_task": 0.5, "temperature": 2.0,
+                  "loss_chunk_rows": chunk, **teachers}
+        torch.manual_seed(0)
+        distiller, _ = build(DistillConfig.from_dict(values), DistEnv())
+        data = distiller.train_dataset
+        batch = distiller.objective.prepare_batch(distiller.objective.collate([data[i] for i in range(9)]))
+        terms = distiller._loss_terms(batch)
+        (terms["ce"] + terms["task"]).backward()
+        metrics = evaluate(distiller.model, distiller.teacher, distiller.objective, distiller.eval_dataset, 7, DistEnv(),
+                           distiller.autocast, 0)
+        if chunk:  # the memory plan: a chunk of rows of both teachers' logits and the student's, and all three's hidden states
+            from distillation.memory_plan import plan_of_run
+
+            rows, columns = distiller.cfg.batch_size * 64, distiller.objective.columns
+            widths = distiller.model.student.config.hidden_size + sum(m.model.config.hidden_size for m in distiller.teacher.members)
+            assert plan_of_run(distiller).logits == chunk * columns * (3 * 4 + 16) + rows * widths * 4
+        results[chunk] = ({k: float(v.detach()) for k, v in terms.items()},
+                          {n: p.grad.clone() for n, p in distiller.model.named_parameters() if p.grad is not None}, metrics)
+    (dense, dense_grads, dense_eval), (chunked, chunked_grads, chunked_eval) = results[0], results[5]
+    assert chunked == pytest.approx(dense, rel=1e-5)
+    assert dense_grads.keys() == chunked_grads.keys()
+    assert all(torch.allclose(dense_grads[n], chunked_grads[n], rtol=1e-4, atol=1e-6) for n in dense_grads)
+    # evaluation: the routed or mixed targets, and each teacher alone, scored chunk by chunk as from logits
+    assert {"eval_teacher_loss", "eval_teacher1_loss", "eval_teacher2_loss"} <= chunked_eval.keys()
+    assert chunked_eval == pytest.approx(dense_eval, rel=1e-5)

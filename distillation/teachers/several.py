@@ -22,8 +22,12 @@ flags of its single-teacher form.
   Mixing takes local teachers only: a served or cached teacher keeps its top tokens alone, and
   a mixture needs each teacher's probability of every token.
 
+The chunked losses (--loss_chunk_rows, local teachers): outputs(logits=False) gives each
+teacher's final hidden states (SeveralHidden), and token_losses.ChunkedTokenLosses applies each
+teacher's LM head to its rows of a chunk (routed), or mixes their chunk's logits (mixed).
+
 Not with several teachers: hidden-state losses and --alpha_mse (no one teacher's states or
-logits to compare), the chunked losses (--loss_chunk_rows) and --eval_generate.
+logits to compare), and --eval_generate.
 """
 
 import contextlib
@@ -36,6 +40,7 @@ import torch
 
 from distillation.distributed import all_reduce_sum
 from distillation.errors import InputError
+from distillation.objectives.lm import gather_rows
 from distillation.offline_logits import SparseTargets
 
 KEYS = ("teacher", "route", "weight")
@@ -131,8 +136,8 @@ class SeveralTeachers:
     """The teachers of --teachers behind the one teacher interface (teachers/__init__.py).
     `routes` {split: LongTensor [n examples] of member indices} when routed, else None (mixed)."""
 
-    model = None  # no one model: the hidden-state and chunked losses are refused; `members` (each
-    # scored alone at evaluation too, eval_teacher<i>_*) is set in __init__
+    model = None  # no one model: the hidden-state losses are refused, the chunked ones use each
+    # member's; `members` (each scored alone at evaluation too, eval_teacher<i>_*) is set in __init__
 
     def __init__(self, entries: List[Entry], members: list, objective, routes: Optional[dict], temperature: float, collective: bool,
                  column: Optional[str] = None):
@@ -160,14 +165,20 @@ class SeveralTeachers:
     # --- the targets ---------------------------------------------------------------------------
     @torch.no_grad()
     def outputs(self, batch, with_hidden: bool = False, split: str = "train", logits: bool = True):
-        """(the targets of `batch`: its routes' teachers' or the mixture; None)."""
+        """(the targets of `batch`: its routes' teachers' or the mixture; None). `logits=False`:
+        every teacher's final hidden states as SeveralHidden (the chunked losses)."""
         if self.routes is None:
+            if not logits:
+                if split == "train":
+                    self.taught += len(batch["index"])
+                return SeveralHidden([m.outputs(batch, split=split, logits=False)[0] for m in self.members], None, self.log_weights,
+                                     self.temperature if split == "train" else 1.0), None
             return self._mixed(batch, split), None
         rows = self._rows(batch, split)
         answers = []
         for i, member in enumerate(self.members):
             if len(rows[i]) or self.collective and member.model is not None:  # a sharded teacher runs on every rank together
-                out, _ = member.outputs(_rows_of(batch, rows[i] if len(rows[i]) else rows[i].new_zeros(1)), split=split)
+                out, _ = member.outputs(_rows_of(batch, rows[i] if len(rows[i]) else rows[i].new_zeros(1)), split=split, logits=logits)
                 answers.append(out if len(rows[i]) else None)
             else:
                 answers.append(None)
@@ -175,6 +186,8 @@ class SeveralTeachers:
             self.taught += torch.tensor([float(len(r)) for r in rows], dtype=torch.float64)
         if any(a is None for a, r in zip(answers, rows) if len(r)):
             return None, None  # a teacher with nothing at evaluation (a cache): no teacher metrics
+        if not logits:
+            return SeveralHidden(answers, (rows, len(batch["index"])), self.log_weights, 1.0), None
         return self._merged(batch, rows, answers), None
 
     def _mixed(self, batch, split: str) -> torch.Tensor:
@@ -247,6 +260,59 @@ class SeveralTeachers:
     def parameters(self) -> Optional[int]:
         counts = [m.parameters() for m in self.members]
         return sum(c for c in counts if c) or None
+
+
+class SeveralHidden:
+    """The final hidden states of several teachers, standing for their routed or mixed logits in
+    the chunked losses. `hidden[i]`: teacher i's [B_i, S, H_i] (routed: its rows only, None where
+    it has none) or, once gathered, [N, H_i] rows; `routes`: (each teacher's batch rows, B) before
+    gathering, the [N] teacher of each row after; None when mixed (`log_weights` [M], at T)."""
+
+    def __init__(self, hidden: list, routes, log_weights: torch.Tensor, temperature: float):
+        self.hidden, self.routes, self.log_weights, self.temperature = hidden, routes, log_weights, temperature
+
+    def gather(self, positions: torch.Tensor) -> "SeveralHidden":
+        """The rows at `positions` [N] (flat over the batch's [B, S]): [N, H_i] for each teacher
+        (routed: zeros on the rows of other teachers) and the teacher of each row."""
+        if self.routes is None:
+            return SeveralHidden([gather_rows(h, positions) for h in self.hidden], None, self.log_weights, self.temperature)
+        rows, n_rows = self.routes
+        width = next(h for h in self.hidden if h is not None).shape[1]
+        row, column = positions // width, positions % width
+        teacher = torch.full((n_rows,), -1, dtype=torch.long, device=positions.device)
+        local = torch.zeros(n_rows, dtype=torch.long, device=positions.device)  # a row's place in its teacher's sub-batch
+        gathered = []
+        for i, (r, h) in enumerate(zip(rows, self.hidden)):
+            r = r.to(positions.device)
+            teacher[r], local[r] = i, torch.arange(len(r), device=positions.device)
+            mine = teacher[row] == i
+            out = None
+            if h is not None:
+                out = h.new_zeros((len(positions), h.shape[-1]))
+                out[mine] = gather_rows(h, local[row[mine]] * width + column[mine])
+            gathered.append(out)
+        return SeveralHidden(gathered, teacher[row], self.log_weights, self.temperature)
+
+    def __getitem__(self, part: slice) -> "SeveralHidden":
+        routes = self.routes[part] if isinstance(self.routes, torch.Tensor) else self.routes
+        return SeveralHidden([h[part] if h is not None else None for h in self.hidden], routes, self.log_weights, self.temperature)
+
+    def logits(self, heads: list, columns: int) -> torch.Tensor:
+        """[n, columns] the gathered rows' targets: each row's teacher's logits (routed), or
+        T log sum_i w_i softmax(z_i / T) (mixed: whose softmax at T is the mixture)."""
+        if self.routes is None:
+            log_p = torch.stack([torch.log_softmax(head(h)[:, :columns].float() / self.temperature, -1) for head, h in zip(heads, self.hidden)])
+            weights = self.log_weights.to(log_p.device).view(-1, 1, 1)
+            return self.temperature * torch.logsumexp(log_p + weights, dim=0)
+        out = None
+        for i, (head, h) in enumerate(zip(heads, self.hidden)):
+            mine = self.routes == i
+            if h is None or not bool(mine.any()):
+                continue
+            z = head(h[mine])[:, :columns].float()
+            out = z.new_zeros((len(self.routes), columns)) if out is None else out
+            out[mine] = z
+        return out
 
 
 def _rows_of(batch: dict, rows: torch.Tensor) -> dict:

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -48,7 +49,8 @@ def measure(spec: dict) -> dict:
                                    "teacher_name": "t", "max_seq_length": seq, "divergence": spec["divergence"],
                                    "loss_chunk_rows": spec["chunk_rows"], "alpha_ce": 1.0, "alpha_task": 1.0})
     objective = CausalLM(cfg, tokenizer=range(vocab))  # the losses read only the tokenizer's size (Objective.columns)
-    losses = ChunkedTokenLosses(cfg, objective, student, teacher) if spec["chunk_rows"] else DenseTokenLosses(cfg, objective)
+    source = SimpleNamespace(model=teacher, members=())  # what the chunked losses read of a teacher (teachers/)
+    losses = ChunkedTokenLosses(cfg, objective, student, source) if spec["chunk_rows"] else DenseTokenLosses(cfg, objective)
     batch_data = {"labels": torch.randint(0, vocab, (batch, seq))}
     h_s = torch.randn(batch, seq, spec["student_hidden"], requires_grad=True)
     h_t = torch.randn(batch, seq, spec["teacher_hidden"])
