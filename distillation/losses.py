@@ -186,11 +186,13 @@ def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     Returns:
         scalar fp32 tensor; divide by the global row count.
     """
-    s = _log_probs(student_logits, temperature).exp().sort(dim=-1, descending=True).values
-    t = _log_probs(teacher_logits, temperature).exp().sort(dim=-1, descending=True).values
-    width = max(s.shape[-1], t.shape[-1])
-    s, t = F.pad(s, (0, width - s.shape[-1])), F.pad(t, (0, width - t.shape[-1]))
-    return (s - t).abs().sum() * temperature**2
+    # Past the smaller vocabulary's size K the larger one's ranks pair with zeros: only its K
+    # largest are needed one by one (topk, ~6x faster than sorting 49k columns), then its rest's mass.
+    k = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    s = _log_probs(student_logits, temperature).exp().topk(k, dim=-1).values
+    t = _log_probs(teacher_logits, temperature).exp().topk(k, dim=-1).values
+    rest = (1 - s.sum(-1)).clamp(min=0) + (1 - t.sum(-1)).clamp(min=0)
+    return ((s - t).abs().sum(-1) + rest).sum() * temperature**2
 
 
 def shared_topk_buckets(student_logits: torch.Tensor, mapped: torch.Tensor, values: torch.Tensor, tail: torch.Tensor,
