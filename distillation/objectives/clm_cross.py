@@ -19,8 +19,8 @@ from distillation.data.lm_seqs_dataset import is_binarized_path
 from distillation.errors import InputError
 from distillation.models import max_positions
 from distillation.offline_logits import SparseTargets, cached_offsets, read_manifest
-from distillation.objectives.clm import CausalLM, shift_labels
-from distillation.objectives.lm import IGNORE, flat_positions, gather_rows, token_stats
+from distillation.objectives.clm import CausalLM
+from distillation.objectives.lm import gather_rows, token_stats
 
 
 class CrossTokenizerCLM(CausalLM):
@@ -33,7 +33,6 @@ class CrossTokenizerCLM(CausalLM):
         self.shared = (torch.tensor(student_ids), torch.tensor(teacher_ids))  # [M] each: the tokens both spell alike
         self.teacher_to_student = torch.full((self.teacher_columns,), -1, dtype=torch.long)  # -1: the teacher's only
         self.teacher_to_student[self.shared[1]] = self.shared[0]
-        self.sparse = cfg.teacher_logits is not None  # a cross-tokenizer cache's top-k (its offsets are read with the data)
         self.teacher_pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else (
             teacher_tokenizer.eos_token_id or 0)
 
@@ -49,7 +48,8 @@ class CrossTokenizerCLM(CausalLM):
                              "(--teacher_tokenizer) needs the text: give the .txt file or text records")
         # A cross-tokenizer cache (--teacher_logits) holds where its training targets' tokens end;
         # evaluation has no cached teacher, so the held-out text is only read by the student's side.
-        cached = cached_offsets(self.cfg.teacher_logits, read_manifest(self.cfg.teacher_logits)) if self.sparse and flag == "--data_file" else None
+        cache = self.cfg.teacher_logits
+        cached = cached_offsets(cache, read_manifest(cache)) if cache and flag == "--data_file" else None
         return load_cross_text(path, flag, self.tokenizer, self.teacher_tokenizer, self.cfg.max_seq_length, self.teacher_max_len, cached,
                                self.cfg.prompt_template)
 
@@ -114,9 +114,7 @@ class CrossTokenizerCLM(CausalLM):
         stats["bytes"] = batch["bytes"].sum().reshape(1).cpu()  # from the offsets: exact whatever a tokenizer's decode adds
         if teacher_logits is None:
             return stats
-        targets_all = shift_labels(batch["teacher_labels"])
-        positions = flat_positions(targets_all != IGNORE)
-        targets = targets_all.reshape(-1)[positions]
+        positions, targets = self.token_rows(self.teacher_batch(batch))
         special = torch.tensor(sorted(set(self.teacher_tokenizer.all_special_ids)), device=targets.device)
         stats.update(token_stats(teacher_logits, positions, targets, ~torch.isin(targets, special), self.teacher_columns, None, 0,
                                  "teacher_"))
