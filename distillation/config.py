@@ -150,9 +150,10 @@ class DistillConfig:
     divergence_beta: Optional[float] = _opt(None, "β of --divergence jsd (the teacher's weight in the mixture; 0 = forward KL, "
                                             "1 = reverse KL) and skew_kl (the skew; 0 = forward KL).", "losses",
                                             shown="0.5 for jsd, 0.1 for skew_kl")
-    cross_tokenizer: str = _opt("aligned", "A teacher with another tokenizer: aligned (the divergence over the tokens both "
-                                "vocabularies spell alike where positions end at one character, ULD elsewhere) or uld (Universal "
-                                "Logit Distillation everywhere: sorted probabilities, no mapping).", "losses", choices=("aligned", "uld"))
+    cross_tokenizer: str = _opt("aligned", "A teacher with another tokenizer: aligned (where positions end at one character, the "
+                                "divergence with each teacher token's probability given to the student token spelt alike, else the "
+                                "first of its text; ULD elsewhere) or uld (Universal Logit Distillation everywhere: sorted "
+                                "probabilities, no mapping).", "losses", choices=("aligned", "uld"))
     loss_chunk_rows: int = _opt(0, "clm: compute CE and --divergence over this many target rows at a time from the final hidden "
                                 "states, so the [tokens, vocab] logits never exist at once (0 = dense, from full logits).", "losses")
     alpha_ce: Optional[float] = _opt(None, "Weight of the soft-target term (--divergence, KL by default).", "losses",

@@ -159,20 +159,21 @@ def sampled_kl(student_logits: torch.Tensor, ids: torch.Tensor, head_logp: torch
     return (cross_entropy - entropy.float()).sum() * temperature**2
 
 
-def vocabulary_buckets(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """A distribution over some of its tokens plus the rest of its vocabulary as one bucket.
+def projected_log_probs(teacher_logits: torch.Tensor, first: torch.Tensor, columns: int, temperature: float) -> torch.Tensor:
+    """A teacher's distribution over a student's vocabulary: each teacher token's probability
+    given to the student token that stands for it (data/alignment.first_tokens), renormalised
+    over the teacher tokens that have one.
 
     Args:
-        logits: [N, V]; ids: [M] distinct token ids (the tokens two vocabularies share).
+        teacher_logits: [N, V_t]; first: [V_t] a student id per teacher token, -1 for none;
+        columns: the student's V_s.
     Returns:
-        [N, M + 1] fp32 log-probabilities at T: of each id, then of all other tokens together
-        (exact, not 1 - Σ; LOG_ZERO where the ids hold all the mass).
+        [N, V_s] fp32 log-probabilities at T (LOG_ZERO where no teacher token stands).
     """
-    log_p = _log_probs(logits, temperature)
-    inside = torch.zeros(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
-    inside[ids] = True
-    rest = torch.logsumexp(log_p.masked_fill(inside, float("-inf")), dim=-1, keepdim=True)
-    return finite_log_probs(torch.cat([log_p.index_select(-1, ids), rest], dim=-1))
+    p = _log_probs(teacher_logits, temperature).exp()
+    kept = first >= 0
+    q = p.new_zeros((p.shape[0], columns)).index_add_(1, first[kept], p[:, kept])
+    return finite_log_probs(torch.log(q / q.sum(-1, keepdim=True).clamp(min=1e-30)))
 
 
 def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -15,8 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 from distillation.errors import InputError
 from distillation.losses import (
-    DIVERGENCES, cross_entropy_sum, logits_mse, sampled_kl, shared_topk_buckets, tempered_as_buckets, topk_buckets, topk_uld, uld,
-    vocabulary_buckets,
+    DIVERGENCES, cross_entropy_sum, logits_mse, projected_log_probs, sampled_kl, shared_topk_buckets, tempered_as_buckets, topk_buckets,
+    topk_uld, uld,
 )
 from distillation.offline_logits import SparseTargets
 from distillation.teachers.several import SeveralHidden
@@ -161,10 +161,12 @@ class SparseTokenLosses(DenseTokenLosses):
 class CrossTokenLosses(DenseTokenLosses):
     """From full logits of a student and a teacher with another tokenizer (objectives/clm_cross.py):
     the student's rows and the teacher rows paired with them. --cross_tokenizer aligned: where the
-    two positions end at one character, the divergence over the tokens both vocabularies spell
-    alike plus the rest of each's mass as one bucket (at T, then T²), and ULD at the other pairs;
-    uld: ULD at every pair. From a cross-tokenizer cache the teacher is its top k: the shared
-    tokens among them are the buckets, and ULD compares the top k ranks and the rest's mass."""
+    two positions end at one character, the divergence between the student's distribution and the
+    teacher's given to the student tokens that stand for its tokens (the one spelt alike, else the
+    first of its text: data/alignment.first_tokens), at T then T²; ULD at the other pairs. uld:
+    ULD at every pair. From a cross-tokenizer cache or a server the teacher is its top k: the ones
+    spelt alike are buckets, the rest of its mass one more, and ULD compares the top k ranks and
+    the rest's mass."""
 
     def __call__(self, wanted, student_logits, teacher_logits, batch) -> dict:
         terms = {}
@@ -178,9 +180,9 @@ class CrossTokenLosses(DenseTokenLosses):
                 mapped = self.objective.teacher_to_student.to(s_rows.device)[t_rows.ids]
                 student, teacher = shared_topk_buckets(s_rows[exact], mapped[exact], t_rows.values[exact], t_rows.tail[exact], T)
                 rest = topk_uld(s_rows[~exact], t_rows.values[~exact], t_rows.tail[~exact], T)
-            else:
-                s_ids, t_ids = (ids.to(s_rows.device) for ids in self.objective.shared)
-                student, teacher = vocabulary_buckets(s_rows[exact], s_ids, T), vocabulary_buckets(t_rows[exact], t_ids, T)
+            else:  # the teacher's distribution given to the student tokens that stand for its tokens
+                student = torch.log_softmax(s_rows[exact].float() / T, dim=-1)
+                teacher = projected_log_probs(t_rows[exact], self.objective.first.to(s_rows.device), self.objective.columns, T)
                 rest = uld(s_rows[~exact], t_rows[~exact], T)
             terms["ce"] = self.divergence(student, teacher, 1.0, self.cfg.divergence_beta) * T**2 + rest
         return terms

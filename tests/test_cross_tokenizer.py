@@ -189,10 +189,15 @@ def bpe_tokenizer(folder, lines, vocab_size=40):
 
 
 def hand_loss(cfg, batch, student, teacher, student_tok, teacher_tok):
-    """The aligned method in float64, position by position, from the tokens' strings."""
+    """The aligned method in float64, position by position, from the tokens' strings: each
+    teacher token's probability to the student token of the same string, else to the first
+    student token of its string."""
     T = cfg.temperature
-    words = {t: i for t, i in student_tok.get_vocab().items()}
-    shared = sorted((i, teacher_tok.get_vocab()[t]) for t, i in words.items() if t in teacher_tok.get_vocab())
+    words = student_tok.get_vocab()
+    first = {}
+    for t, j in teacher_tok.get_vocab().items():
+        ids = [words[t]] if t in words else student_tok(t, add_special_tokens=False)["input_ids"]
+        first[j] = ids[0] if ids else -1
     total = 0.0
     for b in range(student.shape[0]):
         for i in range(student.shape[1] - 1):
@@ -202,9 +207,12 @@ def hand_loss(cfg, batch, student, teacher, student_tok, teacher_tok):
             p_s = torch.softmax(student[b, i].double() / T, -1)
             p_t = torch.softmax(teacher[b, j].double() / T, -1)
             if batch["aligned"][b, i]:
-                q_s = [p_s[s].item() for s, _ in shared] + [1 - sum(p_s[s].item() for s, _ in shared)]
-                q_t = [p_t[t].item() for _, t in shared] + [1 - sum(p_t[t].item() for _, t in shared)]
-                total += sum(a * math.log(a / c) for a, c in zip(q_t, q_s)) * T**2
+                q = [0.0] * len(student_tok)
+                for j, x in first.items():
+                    if x >= 0:
+                        q[x] += p_t[j].item()
+                q = [v / sum(q) for v in q]
+                total += sum(a * math.log(a / p_s[x].item()) for x, a in enumerate(q) if a > 0) * T**2
             else:
                 a, c = sorted(p_s.tolist(), reverse=True), sorted(p_t.tolist(), reverse=True)
                 width = max(len(a), len(c))
@@ -231,6 +239,7 @@ def test_aligned_loss_equals_a_hand_computation(tmp_path, cross_pair):
     exact = batch["aligned"][batch["labels"].roll(-1, 1) != -100]
     assert 0 < exact.float().mean() < 1  # both kinds of pairs occur
     assert len(objective.shared[0]) > 4  # the special tokens and some words
+    assert (objective.first >= 0).sum() > len(objective.shared[0])  # the other teacher tokens stand for a student token too
     torch.manual_seed(0)
     student = torch.randn(*batch["input_ids"].shape, len(student_tok)) * 2
     teacher = torch.randn(*batch["teacher_input_ids"].shape, len(teacher_tok)) * 2

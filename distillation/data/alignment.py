@@ -12,6 +12,8 @@ predicts it; a token that ends inside a character (byte-level BPE) is never exac
 
 The two vocabularies share the tokens that spell exactly the same text (`shared_vocabulary`):
 byte-level BPE tokens by their bytes, others by their decoded string, special tokens by name.
+Every other teacher token stands for the student token its text starts with (`first_tokens`): a
+teacher's " wherefore" is, to a student without it, a next text that starts with " where".
 """
 
 import json
@@ -92,6 +94,21 @@ def _token_keys(tokenizer) -> dict:
             key = backend.decoder.decode([token]).encode("utf-8") if backend.decoder else token.encode("utf-8")
         keys.setdefault(key, i)  # a key two tokens spell keeps the first id
     return keys
+
+
+def first_tokens(student_tokenizer, teacher_tokenizer, shared: Tuple[List[int], List[int]]) -> List[int]:
+    """[V_t] for each teacher token, the student token that stands for it: the one spelt alike
+    where there is one (`shared`), else the first student token of its text; -1 where it has no
+    text of its own (special tokens the student lacks, a byte-level token that is part of a character)."""
+    tokens = teacher_tokenizer.convert_ids_to_tokens(list(range(len(teacher_tokenizer))))
+    special = set(teacher_tokenizer.all_special_tokens)
+    texts = [teacher_tokenizer.convert_tokens_to_string([t]) if t not in special else "" for t in tokens]
+    texts = ["" if "\ufffd" in text else text for text in texts]
+    firsts = student_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    out = [ids[0] if text and ids else -1 for text, ids in zip(texts, firsts)]
+    for s, t in zip(*shared):
+        out[t] = s
+    return out
 
 
 def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> Tuple[List[int], List[int]]:

@@ -3,9 +3,10 @@
 The student learns from its own tokens as in clm; the teacher reads the same text in its own
 tokens (data/cross_text.py), and each student position is paired with a teacher position by
 where their tokens end in the text (data/alignment.py). What the two distributions share
-depends on --cross_tokenizer (token_losses.CrossTokenLosses): `aligned` compares them over the
-tokens both vocabularies spell alike where the positions end at one character, and ULD (sorted
-probabilities, no mapping) elsewhere; `uld` uses ULD everywhere.
+depends on --cross_tokenizer (token_losses.CrossTokenLosses): `aligned` compares them where the
+positions end at one character, each teacher token's probability given to the student token that
+stands for it (spelt alike, else the first of its text), and ULD (sorted probabilities, no
+mapping) elsewhere; `uld` uses ULD everywhere.
 
 Evaluation scores the student on its tokens and the teacher on its own; bits per byte, over
 the bytes each one's targets spell, is the number that compares them.
@@ -13,7 +14,7 @@ the bytes each one's targets spell, is the number that compares them.
 
 import torch
 
-from distillation.data.alignment import shared_vocabulary
+from distillation.data.alignment import first_tokens, shared_vocabulary
 from distillation.data.cross_text import collate_cross, load_cross_text, with_answers
 from distillation.data.lm_seqs_dataset import is_binarized_path
 from distillation.errors import InputError
@@ -33,6 +34,8 @@ class CrossTokenizerCLM(CausalLM):
         self.shared = (torch.tensor(student_ids), torch.tensor(teacher_ids))  # [M] each: the tokens both spell alike
         self.teacher_to_student = torch.full((self.teacher_columns,), -1, dtype=torch.long)  # -1: the teacher's only
         self.teacher_to_student[self.shared[1]] = self.shared[0]
+        # [V_t] the student token each teacher token's probability goes to (--cross_tokenizer aligned)
+        self.first = torch.tensor(first_tokens(tokenizer, teacher_tokenizer, (student_ids, teacher_ids)))
         self.teacher_pad_id = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else (
             teacher_tokenizer.eos_token_id or 0)
 
