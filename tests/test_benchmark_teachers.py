@@ -67,3 +67,10 @@ def test_quick_routing_benchmark_scores_every_run_per_domain(tmp_path):
     assert len(records) == 96 and {r["domain"] for r in records} == {"shakespeare", "python"}
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| routed by domain"))
     assert f"{runs['routed-seed5']['perplexity']['python']:.2f}" in row
+    # every run starts from the healed student (--heal_epochs): the raw init fine-tuned on both domains, once
+    healed, students = tmp_path / "student-healed" / "final", results["students"]
+    assert students["student-healed"]["seconds"] > 0 and (healed / "config.json").is_file()
+    assert all(students["student-healed"]["perplexity"][d] < students["student"]["perplexity"][d] for d in ("shakespeare", "python"))
+    for name, run in runs.items():
+        assert json.loads((tmp_path / name / "parameters.json").read_text())["student_name"] == str(healed) == run["student"]
+    assert f"| student-healed | {students['student-healed']['perplexity']['shakespeare']:.2f} |" in proc.stdout

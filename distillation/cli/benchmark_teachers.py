@@ -15,8 +15,9 @@ the command finishes an interrupted benchmark.
 
 --mode routing (clm): two domain teachers fine-tuned from SmolLM2-135M-Instruct (plain training,
 no teacher), one on Shakespeare, one on Python source of the standard library, and the
-half-depth student distilled on both domains' text records routed by domain, from each teacher
-alone and from their mix; held-out perplexity per domain. The models and Shakespeare files are
+half-depth student (first healed: --heal_epochs of plain training on both domains' records)
+distilled on both domains' text records routed by domain, from each teacher alone and from their
+mix; held-out perplexity per domain. The models and Shakespeare files are
 scripts/benchmark_offline.py's (--base, --student, --shakespeare_*).
 distillation/tools/teachers_benchmark.py (ensemble) and routing_benchmark.py (routing) say what runs.
 """
@@ -31,6 +32,7 @@ from distillation.tools.routing_benchmark import format_routing_table, quick_rou
 from distillation.tools.teachers_benchmark import QUICK, benchmark, ensemble_assets, format_table, quick_ensemble_assets
 
 BENCH = os.path.join("runs", "served_bench")  # scripts/benchmark_offline.py --out runs/served_bench wrote these
+HEAL_EPOCHS, HEAL_RECORDS, HEAL_LR = 2, 600, 1e-3
 
 
 def parse_args(argv=None):
@@ -57,17 +59,28 @@ def parse_args(argv=None):
     routing.add_argument("--teacher_epochs", type=int, default=2, help="Epochs of each domain teacher's fine-tune.")
     routing.add_argument("--teacher_lr", type=float, default=1e-4, help="Learning rate of the domain teachers' fine-tune.")
     routing.add_argument("--teacher_seed", type=int, default=1, help="Seed of both domain teachers' fine-tune.")
+    routing.add_argument("--heal_epochs", type=int, default=HEAL_EPOCHS,
+                         help="Epochs of the student init's plain fine-tune (no teacher) on both domains' records before any "
+                              "distillation; every run starts from it (0: the raw half-depth cut).")
+    routing.add_argument("--heal_records", type=int, default=HEAL_RECORDS,
+                         help="Training text records per domain of the student init's fine-tune (the first ones: those "
+                              "distilled on and more).")
+    routing.add_argument("--heal_lr", type=float, default=HEAL_LR, help="Learning rate of the student init's fine-tune.")
     routing.add_argument("--learning_rate", type=float, default=2e-4, help="The student's learning rate (one epoch).")
     p.add_argument("--extra", default="", help="More train.py flags for every distillation run, e.g. --extra='--temperature 1'.")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS of each run.")
     p.add_argument("--cache_dir", default=DEFAULT_CACHE, help="Where the fetched assets are kept (the demo's cache).")
     args = p.parse_args(argv)
-    require_positive(args, "threads", "records", "eval_records", "record_lines", "max_seq_length", "batch_size", "teacher_epochs")
+    require_positive(args, "threads", "records", "eval_records", "record_lines", "max_seq_length", "batch_size", "teacher_epochs",
+                     "heal_records")
+    if args.heal_epochs < 0:
+        p.error(f"--heal_epochs must be >= 0 (got {args.heal_epochs})")
     if len(set(args.teacher_seeds)) < 2:
         p.error("--teacher_seeds: give at least two different seeds (a mix of one teacher is that teacher)")
     args.extra = shlex.split(args.extra)
     if args.quick:  # the tiny grammar's records: a few dozen per domain, short
         args.records, args.eval_records = min(args.records, 48), min(args.eval_records, 16)
+        args.heal_records = min(args.heal_records, args.records)
         args.max_seq_length = min(args.max_seq_length, 32)
     return args
 

@@ -7,7 +7,10 @@ on one domain's text records: Shakespeare (groups of consecutive lines of the pl
 turn; every fifth module held out). The half-depth student (its every other layer) is distilled
 for one epoch on both domains' records, shuffled, from the teachers routed by the records'
 "domain" (--teacher_column), from each teacher alone and from their equal mix; the result is the
-held-out perplexity per domain (and the base model's and each teacher's). Quick mode: the tiny
+held-out perplexity per domain (and the base model's and each teacher's). The student starts
+healed (--heal_epochs): the half-depth cut, fine-tuned first with hard labels only on the first
+--heal_records training records of each domain (more than the distillation's --records: on
+those alone it overfits before it heals), made once and shared by every run. Quick mode: the tiny
 Llama pair of offline_benchmark.quick_assets, and two word orders of its grammar as the domains.
 """
 
@@ -81,11 +84,23 @@ def _routing_files(out: str, base: str, student: str, texts: dict, args) -> dict
         files[f"{domain}-train"] = os.path.join(data, f"{domain}-train.jsonl")
         files[f"{domain}-eval"] = os.path.join(data, f"{domain}-eval.jsonl")
     files["train"] = os.path.join(data, "mixed-train.jsonl")
-    if os.path.isdir(data):
-        return files
     from distillation.errors import InputError
 
-    os.makedirs(data)
+    # the student init's fine-tune (--heal_epochs): the first --heal_records of each domain's training text
+    files["heal"] = os.path.join(data, f"heal-train-{args.heal_records}.jsonl")
+    if args.heal_epochs and not os.path.isfile(files["heal"]):
+        heal = []
+        for domain in DOMAINS:
+            got = texts[(domain, "train")][: args.heal_records]
+            if len(got) < args.heal_records:
+                raise InputError(f"--heal_records {args.heal_records}: {domain} has {len(got)} train records")
+            heal += [{"text": t, "domain": domain} for t in got]
+        random.Random(0).shuffle(heal)
+        os.makedirs(data, exist_ok=True)
+        _write_jsonl(files["heal"], heal)
+    if os.path.isfile(files["train"]):
+        return files
+    os.makedirs(data, exist_ok=True)
     mixed = []
     for domain in DOMAINS:
         for split, n in (("train", args.records), ("eval", args.eval_records)):
@@ -108,13 +123,17 @@ def _write_jsonl(path: str, rows: list) -> None:
 def routing_benchmark(args, assets: dict) -> dict:
     """Run what results.json under args.out lacks; returns it:
     {"teachers": {"<base> | teacher-<domain>": {seconds, perplexity: {domain: ppl}}},
-     "runs": {"<routed | mix | teacher-<domain>>-seed<N>": {perplexity: {domain: ppl}, seconds, train_s, steps, taught}},
-     "settings": {...}}. The base model's perplexities are the teachers' starting point."""
+     "students": {"student": {perplexity}, "student-healed": {seconds, perplexity}},
+     "runs": {"<routed | mix | teacher-<domain>>-seed<N>": {perplexity: {domain: ppl}, seconds, train_s, steps, student, taught}},
+     "settings": {...}}. The base model's perplexities are the teachers' starting point; the
+    healed student's (--heal_epochs) are every run's starting point."""
     path = os.path.join(args.out, "results.json")
     results = json.load(open(path)) if os.path.isfile(path) else {}
     results["settings"] = {k: getattr(args, k) for k in ("seeds", "threads", "records", "eval_records", "record_lines", "max_seq_length",
-                                                         "batch_size", "teacher_epochs", "teacher_lr", "learning_rate", "quick")}
+                                                         "batch_size", "teacher_epochs", "teacher_lr", "heal_records", "heal_epochs", "heal_lr",
+                                                         "learning_rate", "quick")}
     teachers, runs = results.setdefault("teachers", {}), results.setdefault("runs", {})
+    students = results.setdefault("students", {})
 
     def save():
         with open(path, "w") as f:
@@ -138,6 +157,19 @@ def routing_benchmark(args, assets: dict) -> dict:
                                "--learning_rate", args.teacher_lr, "--dump_path", os.path.dirname(folders[domain]), threads=args.threads)
         teachers[name] = {"seconds": seconds, "perplexity": perplexities(folders[domain], evals, args.max_seq_length)}
         save()
+    if "student" not in students:
+        students["student"] = {"perplexity": perplexities(assets["student"], evals, args.max_seq_length)}
+        save()
+    student = assets["student"]
+    if args.heal_epochs:
+        # the student init healed: a plain fine-tune (no teacher, hard labels only) on both domains' records, made once
+        student = os.path.join(args.out, "student-healed", "final")
+        if "student-healed" not in students or not os.path.isdir(student):
+            seconds = timed_script("train.py", *common, "--seed", args.teacher_seed, "--student_name", assets["student"], "--data_file",
+                                   assets["heal"], "--alpha_ce", 0, "--alpha_task", 1, "--n_epoch", args.heal_epochs,
+                                   "--learning_rate", args.heal_lr, "--dump_path", os.path.dirname(student), threads=args.threads)
+            students["student-healed"] = {"seconds": seconds, "perplexity": perplexities(student, evals, args.max_seq_length)}
+            save()
     routed, mix = os.path.join(args.out, "teachers-routed.json"), os.path.join(args.out, "teachers-mix.json")
     _write_json(routed, [{"teacher": folders[d], "route": d} for d in DOMAINS])
     _write_json(mix, [{"teacher": folders[d]} for d in DOMAINS])
@@ -149,13 +181,13 @@ def routing_benchmark(args, assets: dict) -> dict:
             if name in runs:
                 continue
             dump = os.path.join(args.out, name)
-            seconds = timed_script("train.py", *common, "--seed", seed, "--student_name", assets["student"], "--data_file", assets["train"],
+            seconds = timed_script("train.py", *common, "--seed", seed, "--student_name", student, "--data_file", assets["train"],
                                    "--learning_rate", args.learning_rate, "--n_epoch", 1, *teacher, *args.extra, "--dump_path", dump,
                                    threads=args.threads)
             with open(os.path.join(dump, "summary.json")) as f:
                 summary = json.load(f)
             runs[name] = {"perplexity": perplexities(os.path.join(dump, "final"), evals, args.max_seq_length), "seconds": seconds,
-                          "train_s": summary["wall_time_s"], "steps": summary["step"]}
+                          "train_s": summary["wall_time_s"], "steps": summary["step"], "student": student}
             if "teachers" in summary:
                 runs[name]["taught"] = {t.get("route") or t["teacher"]: t["examples"] for t in summary["teachers"]}
             save()
@@ -192,7 +224,7 @@ def perplexities(folder: str, files: dict, max_seq_length: int) -> dict:
 
 def format_routing_table(args, results: dict) -> str:
     """Held-out perplexity per domain of each distillation (per seed and mean), wall time; then
-    the base model's and each domain teacher's perplexities."""
+    the base model's, each domain teacher's and the student init's (raw and healed) perplexities."""
     runs = results.get("runs", {})
     kinds = ["routed"] + [f"teacher-{d}" for d in DOMAINS] + ["mix"]
     labels = {"routed": "routed by domain (--teacher_column)", "mix": "the mix of both (--teachers)",
@@ -206,9 +238,10 @@ def format_routing_table(args, results: dict) -> str:
         cells = [cell([g and g["perplexity"][d] for g in got], lambda x: f"{x:.2f}") for d in DOMAINS]
         cells.append(cell([g and g["seconds"] for g in got], lambda x: f"{x:.0f}"))
         lines.append(f"| {labels[kind]} | " + " | ".join(cells) + " |")
-    lines += ["", "| teacher | " + " | ".join(DOMAINS) + " | fine-tune wall time, s |", "|---|" + "---:|" * (len(DOMAINS) + 1)]
-    for name in ["base"] + [f"teacher-{d}" for d in DOMAINS]:
-        t = results.get("teachers", {}).get(name)
+    lines += ["", "| model | " + " | ".join(DOMAINS) + " | fine-tune wall time, s |", "|---|" + "---:|" * (len(DOMAINS) + 1)]
+    models = {**results.get("teachers", {}), **results.get("students", {})}
+    for name in ["base"] + [f"teacher-{d}" for d in DOMAINS] + ["student", "student-healed"]:
+        t = models.get(name)
         if t:
             seconds = f"{t['seconds']:.0f}" if "seconds" in t else ""
             lines.append(f"| {name} | " + " | ".join(f"{t['perplexity'][d]:.2f}" for d in DOMAINS) + f" | {seconds} |")
