@@ -101,7 +101,7 @@ def run_demo(dump_path: str, settings: DemoSettings, force=False, assets_dir=Non
         shutil.rmtree(dump_path)
     os.makedirs(dump_path)
     folder = lambda *parts: os.path.join(dump_path, *parts)  # noqa: E731
-    train_file, test_file = stage("split data", _split, assets["tweets"], folder("data"), settings)
+    train_file, test_file = stage("split data", split_tweets, assets["tweets"], folder("data"), settings)
     common = {
         "objective": "sequence_classification", "seed": settings.seed, "data_file": train_file,
         "max_seq_length": settings.max_seq_length, "batch_size": settings.batch_size,
@@ -150,7 +150,7 @@ def _local_assets(assets_dir: str) -> dict:
     return assets
 
 
-def _split(tweets_csv: str, data_dir: str, settings: DemoSettings) -> tuple:
+def split_tweets(tweets_csv: str, data_dir: str, settings: DemoSettings) -> tuple:
     """Seeded, disjoint train/test jsonl of {"text", "label"} from the tweets CSV."""
     with open(tweets_csv, encoding="latin-1", newline="") as f:  # exported from a spreadsheet
         reader = csv.DictReader(f)

@@ -43,13 +43,13 @@ QUICK = dict(train_size=48, test_size=24, batch_size=16, max_seq_length=32, teac
 
 def ensemble_assets(out: str, cache_dir: str, settings) -> dict:
     """The demo's MiniLM and tweets split (files under out/data) and the shared student init."""
-    from distillation.tools.demo import _split
+    from distillation.tools.demo import split_tweets
     from distillation.tools.fetch import fetch_assets
 
     fetched = fetch_assets(cache_dir)
     data = os.path.join(out, "data")
     if not os.path.isdir(data):  # the demo's split (its seed 42), made once
-        _split(fetched["tweets"], data, settings)
+        split_tweets(fetched["tweets"], data, settings)
     return _with_student(out, {"model": fetched["model"], "train": os.path.join(data, "train.jsonl"),
                                "test": os.path.join(data, "test.jsonl")})
 
