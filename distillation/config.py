@@ -150,7 +150,7 @@ class DistillConfig:
     divergence_beta: Optional[float] = _opt(None, "β of --divergence jsd (the teacher's weight in the mixture; 0 = forward KL, "
                                             "1 = reverse KL) and skew_kl (the skew; 0 = forward KL).", "losses",
                                             shown="0.5 for jsd, 0.1 for skew_kl")
-    cross_tokenizer: str = _opt("aligned", "A teacher with another tokenizer: aligned (where positions end at one character, the "
+    cross_tokenizer: str = _opt("uld", "A teacher with another tokenizer: aligned (where positions end at one character, the "
                                 "divergence with each teacher token's probability given to the student token spelt alike, else the "
                                 "first of its text; ULD elsewhere) or uld (Universal Logit Distillation everywhere: sorted "
                                 "probabilities, no mapping).", "losses", choices=("aligned", "uld"))

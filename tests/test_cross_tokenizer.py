@@ -161,7 +161,7 @@ def instruction_records(path, n=6, seed=3):
 def test_one_tokenizer_through_the_cross_path_equals_the_one_tokenizer_divergence(tmp_path, divergence, data):
     tok = causal_tokenizer(str(tmp_path / "tok"))
     cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0,
-                 divergence=divergence, prompt_template="Q: {instruction} A:")
+                 divergence=divergence, prompt_template="Q: {instruction} A:", cross_tokenizer="aligned")
     cross, plain = CrossTokenizerCLM(cfg, tok, None, tok), CausalLM(cfg, tok)
     data = (text_records if data == "text" else instruction_records)(tmp_path / "train.jsonl")
     cross_items = [cross.load_dataset(data, "--data_file")[i] for i in range(6)]
@@ -232,7 +232,8 @@ def cross_pair(tmp_path):
 
 def test_aligned_loss_equals_a_hand_computation(tmp_path, cross_pair):
     student_tok, teacher_tok, _ = cross_pair
-    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0, divergence="forward_kl")
+    cfg = config(objective="clm", teacher_name="unused", student_name="unused", alpha_ce=1.0, alpha_task=0.0, temperature=2.0, divergence="forward_kl",
+                 cross_tokenizer="aligned")
     objective = CrossTokenizerCLM(cfg, student_tok, None, teacher_tok)
     data = objective.load_dataset(text_records(tmp_path / "train.jsonl"), "--data_file")
     batch = objective.collate([data[i] for i in range(len(data))])
@@ -401,7 +402,7 @@ def test_a_cross_tokenizer_cache_gives_the_loss_of_the_live_teachers_top_k(tmp_p
     assert os.path.isdir(tmp_path / "cache" / "tokenizer")
     cfg = DistillConfig.from_dict({"objective": "clm", "teacher_logits": str(tmp_path / "cache"), "student_name": folders["student"],
                                    "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T,
-                                   "alpha_ce": 1.0, "alpha_task": 0.0})
+                                   "alpha_ce": 1.0, "alpha_task": 0.0, "cross_tokenizer": "aligned"})
     distiller, _ = build(cfg, DistEnv())
     objective, data = distiller.objective, distiller.train_dataset
     assert isinstance(objective, CrossTokenizerCLM)
@@ -561,7 +562,7 @@ def test_a_served_teacher_with_another_tokenizer_gives_the_loss_of_its_local_top
     k, T = 8, 1.0
     values = {"objective": "clm", "teacher_url": url, "teacher_tokenizer": folder, "student_name": student_folder,
               "data_file": str(tmp_path / "train.jsonl"), "dump_path": str(tmp_path / "run"), "temperature": T, "teacher_top_k": k,
-              "alpha_ce": 1.0, "alpha_task": 0.0}
+              "alpha_ce": 1.0, "alpha_task": 0.0, "cross_tokenizer": "aligned"}
     distiller, _ = build(DistillConfig.from_dict(values), DistEnv())
     objective, data = distiller.objective, distiller.train_dataset
     batch = objective.collate([data[i] for i in range(len(data))])

@@ -7,7 +7,7 @@ every seed, train.py runs three ways at equal steps (the same data, epochs and b
 
 - ce: no teacher, hard labels only (--alpha_ce 0 --alpha_task 1): what the teacher must beat;
 - uld: the clm defaults (0.5 KD + 0.5 CE, T=2) with --cross_tokenizer uld (sorted probabilities);
-- aligned: the same with --cross_tokenizer aligned (shared tokens where positions end alike).
+- aligned: the same with --cross_tokenizer aligned (each teacher token to the student token that stands for it).
 
 The students' tokens differ from the teacher's, so the comparable number is held-out bits per
 byte (eval_bits_per_byte; the teacher's own is eval_teacher_bits_per_byte). The alignment runs
