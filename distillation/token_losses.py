@@ -173,8 +173,9 @@ class CrossTokenLosses(DenseTokenLosses):
         if "task" in wanted:
             terms["task"] = self.objective.task_loss(student_logits, batch)
         if "ce" in wanted:
-            s_rows, t_rows = self.objective.distill_rows(student_logits, teacher_logits, batch)
-            exact = self.objective.exact_rows(batch) if self.cfg.cross_tokenizer == "aligned" else torch.zeros_like(s_rows[:, 0], dtype=torch.bool)
+            s_rows, t_rows, exact = self.objective.paired_rows(student_logits, teacher_logits, batch)
+            if self.cfg.cross_tokenizer == "uld":
+                exact = torch.zeros_like(exact)
             T = self.cfg.temperature
             if isinstance(t_rows, SparseTargets):  # a cross-tokenizer cache: the teacher's top k on its own tokens
                 mapped = self.objective.teacher_to_student.to(s_rows.device)[t_rows.ids]

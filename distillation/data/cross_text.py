@@ -54,10 +54,10 @@ class CrossTokenTexts(Dataset):
     def __len__(self):
         return len(self.student)
 
-    def exact_share(self) -> float:
-        """The share of the student's target positions whose teacher position ends at the same character."""
+    def exact_share(self, n: int) -> float:
+        """The share of the first `n` examples' target positions whose teacher position ends at the same character."""
         # the positions that predict a target: from the last prompt token to the one before last
-        exact = [self[i]["aligned"][max(n - 1, 0) : -1] for i, n in enumerate(self.prompt_lens)]
+        exact = [self[i]["aligned"][max(m - 1, 0) : -1] for i, m in enumerate(self.prompt_lens[:n])]
         return sum(map(sum, exact)) / max(sum(map(len, exact)), 1)
 
     def __getitem__(self, i) -> Dict:

@@ -93,10 +93,10 @@ class CausalLM(Objective):
         responses = batch["prompt_len"][rows] > 0  # instruction data: score whole responses too
         stats = eval_token_stats(student_logits, teacher_logits, positions, targets, ~torch.isin(targets, special), self.columns,
                                  rows if bool(responses.any()) else None, batch["input_ids"].shape[0])
-        stats["bytes"] = torch.tensor([float(self._text_bytes(targets, rows))])
+        stats["bytes"] = torch.tensor([float(self.text_bytes(batch, targets, rows))])
         return stats
 
-    def _text_bytes(self, targets, rows) -> int:
+    def text_bytes(self, batch, targets, rows) -> int:
         """UTF-8 bytes of the text the targets spell, sequence by sequence (special tokens spell
         none); `rows` [N] the sequence of each target, in order (flat positions are)."""
         sequences = itertools.groupby(zip(rows.tolist(), targets.tolist()), key=lambda pair: pair[0])

@@ -40,9 +40,12 @@ class CrossTokenizerCLM(CausalLM):
             teacher_tokenizer.eos_token_id or 0)
 
     def describe(self, train_dataset) -> str:
-        """The run header's line: the two vocabularies and how the data's positions pair."""
+        """The run header's line: the two vocabularies and how the data's positions pair (over
+        the first thousand examples: aligning all of a large set would delay the start)."""
+        n = min(len(train_dataset), 1000)
+        where = "the training targets'" if n == len(train_dataset) else f"the first {n:,} training examples' target"
         return (f"the teacher reads its own tokenizer's {self.teacher_columns:,} tokens, the student its {self.columns:,} "
-                f"({len(self.shared[0]):,} spell alike); {100 * train_dataset.exact_share():.1f}% of the training targets' positions "
+                f"({len(self.shared[0]):,} spell alike); {100 * train_dataset.exact_share(n):.1f}% of {where} positions "
                 f"end at one character in both; --cross_tokenizer {self.cfg.cross_tokenizer}")
 
     def load_dataset(self, path, flag):
@@ -94,27 +97,31 @@ class CrossTokenizerCLM(CausalLM):
 
     def distill_rows(self, student_logits, teacher_logits, batch):
         """([N, V_s] student rows, [N, V_t] the teacher rows paired with them, or their
-        SparseTargets from a cache)."""
-        s_positions, t_rows, _ = self._paired(batch)
+        SparseTargets from a cache or a server)."""
+        return self.paired_rows(student_logits, teacher_logits, batch)[:2]
+
+    def paired_rows(self, student_logits, teacher_logits, batch):
+        """distill_rows, and [N] bool: the two positions of each row end at the same character."""
+        s_positions, t_rows, exact = self._paired(batch)
         student = gather_rows(student_logits, s_positions, self.columns)
         if isinstance(teacher_logits, SparseTargets):
             return student, SparseTargets(teacher_logits.method, teacher_logits.ids[t_rows], teacher_logits.values[t_rows],
-                                          tail=teacher_logits.tail[t_rows], rest_as_one=teacher_logits.rest_as_one)
-        return student, gather_rows(teacher_logits, t_rows, self.teacher_columns)
+                                          tail=teacher_logits.tail[t_rows], rest_as_one=teacher_logits.rest_as_one), exact
+        return student, gather_rows(teacher_logits, t_rows, self.teacher_columns), exact
+
+    def text_bytes(self, batch, targets, rows) -> int:
+        """The bytes the student's targets spell, from their offsets (data/cross_text.py): exact
+        whatever a tokenizer's decode adds."""
+        return int(batch["bytes"].sum())
 
     def teacher_target_rows(self, batch) -> int:
         """The rows a cache holds for this batch: its teacher's target positions."""
         return int(batch["teacher_rows"].sum())
 
-    def exact_rows(self, batch) -> torch.Tensor:
-        """[N] bool, for the rows of distill_rows: the two positions end at the same character."""
-        return self._paired(batch)[2]
-
     def eval_batch(self, student_logits, teacher_logits, batch):
         """The student's statistics on its tokens (CausalLM's), the teacher's on its own tokens
         (`teacher_*`); `bytes` and `teacher_bytes`: what each side's targets spell, by their offsets."""
         stats = super().eval_batch(student_logits, None, batch)
-        stats["bytes"] = batch["bytes"].sum().reshape(1).cpu()  # from the offsets: exact whatever a tokenizer's decode adds
         if teacher_logits is None:
             return stats
         positions, targets = self.token_rows(self.teacher_batch(batch))

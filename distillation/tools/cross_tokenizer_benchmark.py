@@ -120,7 +120,7 @@ def alignment_cost(train: str, student_tok, teacher: str, args) -> dict:
         passes.append(time.perf_counter() - start)
     steps = math.ceil(len(data) / args.batch_size)
     return {"items": len(data), "steps_per_epoch": steps, "epoch_s": min(passes), "per_step_s": min(passes) / steps,
-            "exact_share": data.exact_share(), "student_tokens": sum(data.lengths),
+            "exact_share": data.exact_share(len(data)), "student_tokens": sum(data.lengths),
             "teacher_tokens": sum(len(ids) for ids, _ in data.teacher)}
 
 
