@@ -21,13 +21,12 @@ def cached_teacher(cfg, objective, tokenizer, train_dataset, env) -> "CachedTeac
     manifest = read_manifest(cfg.teacher_logits)
     if not os.path.isfile(cfg.data_file):
         raise InputError("--teacher_logits: --data_file must be a file (its fingerprint is checked against the cache's)")
-    if getattr(objective, "teacher_tokenizer", None) is None:
-        check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)))
+    # A cross-tokenizer cache: the student tokenises the same records its own way, at its own length.
+    cross = getattr(objective, "teacher_tokenizer", None) is not None
+    check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)), skip=("tokenizer_sha256", "max_seq_length") if cross else ())
+    if not cross:
         check_examples(cfg.teacher_logits, example_digests(train_dataset), "--teacher_logits",
                        "remake the cache with this run's tokenizer and flags, or tokenise as the cache did (--tokenizer_name/--student_name)")
-    else:  # a cross-tokenizer cache: the student tokenises the same records its own way, at its own length
-        check_identity(manifest, run_identity(cfg, tokenizer, len(train_dataset)),
-                       skip=("tokenizer_sha256", "max_seq_length"))
     if manifest["method"] != "full" and cfg.alpha_mse:
         raise InputError(f"--alpha_mse {cfg.alpha_mse}: a {manifest['method']} cache keeps no whole logits to compare; drop it")
     if manifest["method"] == "sampled" and cfg.divergence != "forward_kl":

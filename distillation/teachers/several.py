@@ -198,9 +198,7 @@ class SeveralTeachers:
             self.taught += len(batch["index"])
         if any(o is None for o in outs):
             return None
-        log_p = torch.stack([torch.log_softmax(o.float() / t, dim=-1) for o in outs])
-        weights = self.log_weights.to(log_p.device).view(-1, *[1] * (log_p.dim() - 1))
-        return t * torch.logsumexp(log_p + weights, dim=0)
+        return mixture(outs, self.log_weights, t)
 
     def _rows(self, batch, split: str) -> list:
         route = self.routes[split].to(batch["index"].device)[batch["index"]]
@@ -262,6 +260,14 @@ class SeveralTeachers:
         return sum(c for c in counts if c) or None
 
 
+def mixture(logits: list, log_weights: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T log sum_i w_i softmax(z_i / T) of the teachers' logits z_i [..., C] (log w_i: `log_weights`
+    [M]): logits whose softmax at T is the mixture of their distributions, fp32."""
+    log_p = torch.stack([torch.log_softmax(z.float() / temperature, dim=-1) for z in logits])
+    weights = log_weights.to(log_p.device).view(-1, *[1] * (log_p.dim() - 1))
+    return temperature * torch.logsumexp(log_p + weights, dim=0)
+
+
 class SeveralHidden:
     """The final hidden states of several teachers, standing for their routed or mixed logits in
     the chunked losses. `hidden[i]`: teacher i's [B_i, S, H_i] (routed: its rows only, None where
@@ -301,9 +307,7 @@ class SeveralHidden:
         """[n, columns] the gathered rows' targets: each row's teacher's logits (routed), or
         T log sum_i w_i softmax(z_i / T) (mixed: whose softmax at T is the mixture)."""
         if self.routes is None:
-            log_p = torch.stack([torch.log_softmax(head(h)[:, :columns].float() / self.temperature, -1) for head, h in zip(heads, self.hidden)])
-            weights = self.log_weights.to(log_p.device).view(-1, 1, 1)
-            return self.temperature * torch.logsumexp(log_p + weights, dim=0)
+            return mixture([head(h)[:, :columns] for head, h in zip(heads, self.hidden)], self.log_weights, self.temperature)
         out = None
         for i, (head, h) in enumerate(zip(heads, self.hidden)):
             mine = self.routes == i
